@@ -1,0 +1,93 @@
+"""An asyncio bus client: connect, hello/welcome, send typed messages, receive typed messages.
+
+Used by edgebot-cli and by the bridges' shared supervisor; imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator, Optional
+
+import edgebot
+from edgebot.bus import codec
+from edgebot.bus.messages import Error, Hello, Message, Welcome
+
+
+class BusUnavailable(Exception):
+    """The daemon's socket cannot be reached; the message says how to start it."""
+
+
+class BusClient:
+    """One connection to edgebotd."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.path = path
+        self.welcome: Optional[Welcome] = None
+
+    @classmethod
+    async def connect(cls, path: str, client: str, role: str = "client", timeout: float = 5.0) -> "BusClient":
+        """Connect and exchange hello/welcome within ``timeout`` seconds."""
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(path, limit=codec.MAX_LINE_BYTES + 1), timeout)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise BusUnavailable(
+                f"edgebotd is not running on {path} ({exc.strerror or exc}). Start it with "
+                f"`sudo systemctl start edgebot`, or `edgebotd --model MODEL.gguf` for a foreground daemon, "
+                f"or point --socket / EDGEBOT_SOCKET at the right socket.") from None
+        except PermissionError:
+            raise BusUnavailable(f"permission denied on {path}: add your user to the 'edgebot' group "
+                                 f"(sudo usermod -aG edgebot $USER, then log in again)") from None
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise BusUnavailable(f"cannot connect to edgebotd at {path}: {exc}") from None
+        self = cls(reader, writer, path)
+        await self.send(Hello(client=client, version=edgebot.__version__, role=role))
+        try:
+            while True:
+                msg = await asyncio.wait_for(self.recv(), timeout)
+                if msg is None:
+                    raise BusUnavailable(f"edgebotd at {path} closed the connection during hello")
+                if isinstance(msg, Welcome):
+                    self.welcome = msg
+                    return self
+                if isinstance(msg, Error):
+                    raise BusUnavailable(f"edgebotd refused the connection: {msg.message}")
+        except asyncio.TimeoutError:
+            await self.close()
+            raise BusUnavailable(f"edgebotd at {path} did not answer hello within {timeout:g} s") from None
+
+    async def send(self, msg: Message) -> None:
+        self.writer.write(codec.encode(msg))
+        await self.writer.drain()
+
+    async def recv(self) -> Optional[Message]:
+        """The next message, or None when the daemon closed the connection.
+
+        A line the codec rejects is returned as an ``Error`` rather than raised.
+        """
+        try:
+            line = await self.reader.readline()
+        except (ConnectionError, OSError):
+            return None
+        if not line:
+            return None
+        try:
+            return codec.decode(line)
+        except codec.ProtocolError as exc:
+            return Error(exc.code, f"from edgebotd: {exc.message}")
+
+    async def messages(self) -> AsyncIterator[Message]:
+        while True:
+            msg = await self.recv()
+            if msg is None:
+                return
+            yield msg
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass

@@ -1,0 +1,258 @@
+"""The bus hub inside edgebotd: Unix socket, framing, limits, peer checks, subscriptions.
+
+What a message *means* is decided by a handler (``edgebot.dispatch``); the hub only moves
+typed messages in and out, so it never waits on the engine or on a slow client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Optional
+
+from edgebot.bus import codec
+from edgebot.bus.messages import AnswerDelta, Error, Message, ThinkDelta
+from edgebot.bus.peercred import PeerCred, peer_allowed, read_peercred
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Limits:
+    """Per-client limits: line length in bytes, outbox in events, rate in messages/s."""
+
+    max_line_bytes: int = 1 << 20
+    queue_max: int = 1024
+    rate: float = 200.0
+    burst: int = 1000
+
+
+class Connection:
+    """One bus client. ``send`` never blocks: events wait in the outbox for the writer task."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, hub: "Hub", reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 peer: PeerCred) -> None:
+        self.id = next(self._ids)
+        self.hub = hub
+        self.reader = reader
+        self.writer = writer
+        self.peer = peer
+        self.name = f"client-{self.id}"
+        self.role = "client"
+        self.subscriptions: set[str] = set()
+        self.inflight: set[str] = set()
+        self.closed = False
+        self._outbox: collections.deque[Message] = collections.deque()
+        self._wake = asyncio.Event()
+        self._tokens = float(hub.limits.burst)
+        self._last = time.monotonic()
+
+    def wants(self, type_name: str) -> bool:
+        return type_name in self.subscriptions or "*" in self.subscriptions
+
+    def send(self, msg: Message) -> None:
+        """Queue an event; consecutive deltas of one answer merge while the client is behind."""
+        if self.closed:
+            return
+        last = self._outbox[-1] if self._outbox else None
+        if isinstance(msg, (AnswerDelta, ThinkDelta)) and type(last) is type(msg) and last.id == msg.id:  # type: ignore[union-attr]
+            last.text += msg.text  # type: ignore[union-attr]
+        else:
+            if len(self._outbox) >= self.hub.limits.queue_max:
+                log.warning("%s: %d undelivered events, disconnecting a client that does not read",
+                            self.name, len(self._outbox))
+                self.close()
+                return
+            # copy deltas so a later merge never changes a message shared with another client
+            if isinstance(msg, (AnswerDelta, ThinkDelta)):
+                msg = type(msg)(id=msg.id, text=msg.text)
+            self._outbox.append(msg)
+        self._wake.set()
+
+    def take_token(self) -> bool:
+        """Rate limit: False when the client sent more than its burst above its rate."""
+        now = time.monotonic()
+        limits = self.hub.limits
+        self._tokens = min(float(limits.burst), self._tokens + (now - self._last) * limits.rate)
+        self._last = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    async def write_loop(self) -> None:
+        try:
+            while not self.closed:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._outbox:
+                    batch = b"".join(codec.encode(m) for m in self._drain())
+                    self.writer.write(batch)
+                    await self.writer.drain()
+        except (ConnectionError, OSError):
+            self.close()
+
+    def _drain(self) -> list[Message]:
+        items = list(self._outbox)
+        self._outbox.clear()
+        return items
+
+    async def flush(self, timeout: float = 1.0) -> None:
+        """Give the writer a moment to deliver what is queued (used before closing)."""
+        deadline = time.monotonic() + timeout
+        while self._outbox and not self.closed and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._wake.set()
+            self.writer.close()
+
+
+Handler = Callable[[Connection, Message], Awaitable[None]]
+
+
+class Hub:
+    """Accepts clients on a Unix socket and feeds their messages to ``handler``."""
+
+    def __init__(self, handler: Handler, limits: Limits, allowed_users: list[str], allowed_groups: list[str],
+                 on_disconnect: Callable[[Connection], None] = lambda c: None) -> None:
+        self.handler = handler
+        self.limits = limits
+        self.allowed_users = allowed_users
+        self.allowed_groups = allowed_groups
+        self.on_disconnect = on_disconnect
+        self.connections: set[Connection] = set()
+        self._server: Optional[asyncio.AbstractServer] = None
+        self.path: Optional[str] = None
+
+    async def start(self, path: str, inherited: Optional[socket.socket] = None) -> None:
+        """Serve on ``inherited`` (socket activation) or bind ``path`` (mode 0660)."""
+        if inherited is not None:
+            self._server = await asyncio.start_unix_server(self._serve, sock=inherited,
+                                                           limit=self.limits.max_line_bytes + 1)
+            self.path = inherited.getsockname() or path
+            log.info("bus on inherited socket %s", self.path)
+            return
+        prepare_socket_path(path)
+        old_umask = os.umask(0o117)
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=path,
+                                                           limit=self.limits.max_line_bytes + 1)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o660)
+        _chgrp_edgebot(path)
+        self.path = path
+        log.info("bus on %s", path)
+
+    def publish(self, msg: Message, skip: Optional[Connection] = None) -> int:
+        """Send ``msg`` to every subscriber of its type (except ``skip``); returns how many."""
+        n = 0
+        for conn in list(self.connections):
+            if conn is not skip and conn.wants(msg.TYPE):
+                conn.send(msg)
+                n += 1
+        return n
+
+    async def close(self) -> None:
+        for conn in list(self.connections):
+            await conn.flush(0.5)
+            conn.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        if self.path and os.path.exists(self.path) and not os.environ.get("EDGEBOT_KEEP_SOCKET"):
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = read_peercred(writer.get_extra_info("socket"))
+        conn = Connection(self, reader, writer, peer)
+        writer_task = asyncio.create_task(conn.write_loop())
+        if not peer_allowed(peer, self.allowed_users, self.allowed_groups):
+            log.warning("refused bus client uid=%d gid=%d pid=%d", peer.uid, peer.gid, peer.pid)
+            conn.send(Error("forbidden", f"uid {peer.uid} is not allowed on this bus; add the user to the "
+                                         f"'edgebot' group or to [bus] allowed_users"))
+            await conn.flush()
+            conn.close()
+            await writer_task
+            return
+        self.connections.add(conn)
+        try:
+            await self._read_loop(conn)
+        finally:
+            self.connections.discard(conn)
+            await conn.flush(0.2)
+            conn.close()
+            self.on_disconnect(conn)
+            writer_task.cancel()
+
+    async def _read_loop(self, conn: Connection) -> None:
+        while not conn.closed:
+            try:
+                line = await conn.reader.readline()
+            except (asyncio.LimitOverrunError, ValueError):
+                conn.send(Error("line-too-long", f"a line exceeded {self.limits.max_line_bytes} bytes; "
+                                                 f"closing the connection"))
+                return
+            except (ConnectionError, OSError):
+                return
+            if not line:
+                return
+            if not conn.take_token():
+                conn.send(Error("flood", f"more than {self.limits.rate:g} messages/s; closing the connection"))
+                return
+            if not line.strip():
+                continue
+            try:
+                msg = codec.decode(line)
+            except codec.ProtocolError as exc:
+                conn.send(Error(exc.code, exc.message, exc.msg_id))
+                continue
+            try:
+                await self.handler(conn, msg)
+            except Exception as exc:  # noqa: BLE001 - a handler bug must not take the bus down
+                log.exception("handling %s from %s", msg.TYPE, conn.name)
+                conn.send(Error("internal", f"internal error handling {msg.TYPE}: {exc}"))
+
+
+def prepare_socket_path(path: str) -> None:
+    """Create the socket's directory; remove a stale socket, refuse a live one."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:  # refused, timed out, not a socket: nobody is serving it
+        os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise OSError(f"another edgebotd is already serving {path}; stop it first (systemctl stop edgebot) "
+                  f"or use another --socket")
+
+
+def _chgrp_edgebot(path: str) -> None:
+    try:
+        import grp
+
+        gid = grp.getgrnam("edgebot").gr_gid
+        os.chown(path, -1, gid)
+    except (KeyError, PermissionError, OSError):
+        pass
+

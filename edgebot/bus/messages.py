@@ -1,0 +1,201 @@
+"""Typed bus messages: one dataclass per type, named by its ``TYPE`` on the wire.
+
+The envelope is ``{"type": TYPE, "data": {...fields}}`` (see ``codec``). Field types are checked
+by the codec from the annotations below, so adding a message is adding a class here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Optional
+
+PROTOCOL_VERSION = 1
+
+ThinkMode = Literal["hide", "show"]
+EndReason = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass
+class Message:
+    """Base class; ``TYPE`` is the wire name."""
+
+    TYPE: ClassVar[str] = ""
+
+
+@dataclass
+class Hello(Message):
+    TYPE: ClassVar[str] = "hello"
+    client: str
+    version: str = ""
+    role: str = "client"
+
+
+@dataclass
+class Welcome(Message):
+    TYPE: ClassVar[str] = "welcome"
+    server_version: str
+    model: str
+    session_defaults: dict[str, Any] = field(default_factory=dict)
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass
+class Ask(Message):
+    """A question. ``max_tokens`` counts generated tokens, thinking included."""
+
+    TYPE: ClassVar[str] = "ask"
+    id: str
+    text: str
+    session: Optional[str] = None
+    source: str = "cli"
+    speak: bool = False
+    think: ThinkMode = "hide"
+    max_tokens: Optional[int] = None
+
+
+@dataclass
+class AnswerStart(Message):
+    TYPE: ClassVar[str] = "answer-start"
+    id: str
+    session: str
+    source: str = "cli"
+    speak: bool = False
+
+
+@dataclass
+class ThinkDelta(Message):
+    TYPE: ClassVar[str] = "think-delta"
+    id: str
+    text: str
+
+
+@dataclass
+class AnswerDelta(Message):
+    TYPE: ClassVar[str] = "answer-delta"
+    id: str
+    text: str
+
+
+@dataclass
+class AnswerEnd(Message):
+    """End of an answer. ``stats``: prompt_tokens, cached_tokens, completion_tokens, think_tokens
+    (tokens), ttft_ms, answer_ms (milliseconds from the ask), tokens_per_s."""
+
+    TYPE: ClassVar[str] = "answer-end"
+    id: str
+    reason: EndReason
+    stats: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+
+
+@dataclass
+class Cancel(Message):
+    """Cancel one answer by ``id`` or every answer of a ``session``."""
+
+    TYPE: ClassVar[str] = "cancel"
+    id: Optional[str] = None
+    session: Optional[str] = None
+
+
+@dataclass
+class Say(Message):
+    TYPE: ClassVar[str] = "say"
+    text: str
+    id: Optional[str] = None
+
+
+@dataclass
+class Heard(Message):
+    TYPE: ClassVar[str] = "heard"
+    text: str
+    final: bool = False
+
+
+@dataclass
+class Speaking(Message):
+    TYPE: ClassVar[str] = "speaking"
+    state: Literal["start", "stop"]
+    id: Optional[str] = None
+
+
+@dataclass
+class Subscribe(Message):
+    TYPE: ClassVar[str] = "subscribe"
+    types: list[str]
+
+
+@dataclass
+class Status(Message):
+    TYPE: ClassVar[str] = "status"
+
+
+@dataclass
+class StatusReport(Message):
+    TYPE: ClassVar[str] = "status-report"
+    server_version: str
+    model: str
+    state: str
+    queue: dict[str, Any] = field(default_factory=dict)
+    sessions: list[dict[str, Any]] = field(default_factory=list)
+    last_tokens_per_s: Optional[float] = None
+    memory: dict[str, Any] = field(default_factory=dict)
+    temperature_c: Optional[float] = None
+    clients: int = 0
+
+
+@dataclass
+class Ping(Message):
+    TYPE: ClassVar[str] = "ping"
+    id: Optional[str] = None
+
+
+@dataclass
+class Pong(Message):
+    TYPE: ClassVar[str] = "pong"
+    id: Optional[str] = None
+
+
+@dataclass
+class Ack(Message):
+    """The daemon's receipt for ``say``/``subscribe``: ``delivered`` = clients that got it."""
+
+    TYPE: ClassVar[str] = "ack"
+    of: str
+    delivered: int = 0
+
+
+@dataclass
+class Error(Message):
+    """``code`` is one of ERROR_CODES; ``id`` names the ask it concerns, if any."""
+
+    TYPE: ClassVar[str] = "error"
+    code: str
+    message: str
+    id: Optional[str] = None
+
+
+ERROR_CODES = (
+    "bad-json",          # the line is not JSON / not UTF-8
+    "bad-envelope",      # not an object with "type" and an object "data"
+    "unknown-type",
+    "bad-field",         # missing, unknown or wrong-typed field
+    "line-too-long",
+    "flood",             # the client sent faster than its rate limit
+    "busy",              # the engine queue (or the client's in-flight limit) is full
+    "duplicate-id",
+    "not-found",         # cancel of an unknown id
+    "too-long",          # the prompt cannot fit the context window
+    "not-ready",         # the model is not loaded
+    "forbidden",         # peer credentials not allowed
+    "not-allowed",       # a type that only the daemon sends
+    "internal",
+)
+
+ALL_TYPES: tuple[type[Message], ...] = (
+    Hello, Welcome, Ask, AnswerStart, ThinkDelta, AnswerDelta, AnswerEnd, Cancel, Say, Heard,
+    Speaking, Subscribe, Status, StatusReport, Ping, Pong, Ack, Error,
+)
+BY_TYPE: dict[str, type[Message]] = {cls.TYPE: cls for cls in ALL_TYPES}
+
+# Events that must reach a subscriber even when it is slow (never dropped or merged).
+CONTROL_TYPES = frozenset({"answer-start", "answer-end", "error", "cancel"})

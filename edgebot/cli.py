@@ -1,0 +1,237 @@
+"""edgebot-cli: ask, status, say and cancel over the local bus.
+
+Starts fast on a Pi: imports only the bus codec, the client and the config loader (never
+llama_cpp, numpy or a speech library). Exit codes: 0 answered, 1 error from the daemon,
+2 usage, 3 daemon unreachable, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import sys
+from typing import Any, Optional, Sequence
+
+from edgebot.bus import codec
+from edgebot.bus import messages as m
+from edgebot.bus.client import BusClient, BusUnavailable
+
+EXIT_OK, EXIT_DAEMON_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def resolve_socket(args: argparse.Namespace) -> str:
+    """``--socket``, else ``$EDGEBOT_SOCKET``, else the config's ``[bus] socket``."""
+    if args.socket:
+        return str(args.socket)
+    if os.environ.get("EDGEBOT_SOCKET"):
+        return os.environ["EDGEBOT_SOCKET"]
+    from edgebot.config import load_config
+
+    return load_config(args.config, board="").socket_path
+
+
+def _json_line(msg: m.Message) -> None:
+    sys.stdout.write(codec.encode(msg).decode())
+    sys.stdout.flush()
+
+
+async def cmd_ask(client: BusClient, args: argparse.Namespace) -> int:
+    question = " ".join(args.question).strip()
+    if not question:
+        print("edgebot-cli ask: the question is empty", file=sys.stderr)
+        return EXIT_USAGE
+    ask_id = f"cli-{secrets.token_hex(4)}"
+    session = f"cli:{args.session}" if args.session else None
+    await client.send(m.Ask(id=ask_id, text=question, session=session, source="cli",
+                            think="show" if args.think else "hide", max_tokens=args.max_tokens))
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, interrupted.set)
+    cancel_sent = False
+    wrote_answer = wrote_think = False
+    while True:
+        recv = asyncio.ensure_future(client.recv())
+        stop = asyncio.ensure_future(interrupted.wait())
+        await asyncio.wait({recv, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.done() and not cancel_sent:
+            cancel_sent = True
+            await client.send(m.Cancel(id=ask_id))
+        stop.cancel()
+        msg = await recv
+        if msg is None:
+            print("\nedgebot-cli: edgebotd closed the connection before the answer ended", file=sys.stderr)
+            return EXIT_UNREACHABLE
+        if getattr(msg, "id", None) != ask_id:
+            continue
+        if args.json:
+            _json_line(msg)
+        if isinstance(msg, m.AnswerDelta) and not args.json:
+            if wrote_think and not wrote_answer:
+                sys.stderr.write("\n")  # end the thinking's line before the answer starts
+            sys.stdout.write(msg.text)
+            sys.stdout.flush()
+            wrote_answer = True
+        elif isinstance(msg, m.ThinkDelta) and not args.json:
+            sys.stderr.write(msg.text)
+            sys.stderr.flush()
+            wrote_think = True
+        elif isinstance(msg, m.Error):
+            if not args.json:
+                print(f"edgebot-cli: {msg.code}: {msg.message}", file=sys.stderr)
+            return EXIT_DAEMON_ERROR
+        elif isinstance(msg, m.AnswerEnd):
+            if not args.json:
+                if wrote_answer:
+                    sys.stdout.write("\n")
+                if msg.message:
+                    print(f"edgebot-cli: {msg.reason}: {msg.message}", file=sys.stderr)
+            if cancel_sent or msg.reason == "cancelled":
+                return EXIT_INTERRUPTED
+            return EXIT_OK if msg.reason in ("stop", "length") else EXIT_DAEMON_ERROR
+
+
+def _print_status(report: m.StatusReport) -> None:
+    q = report.queue
+    lines = [f"edgebotd {report.server_version}: {report.state}",
+             f"model:    {report.model}",
+             f"queue:    {q.get('waiting', 0)} waiting (max {q.get('max')}), running: {q.get('running') or 'nothing'}",
+             f"clients:  {report.clients}",
+             f"speed:    {report.last_tokens_per_s or '-'} tokens/s (last answer)",
+             f"memory:   {report.memory.get('rss_mb')} MiB resident"]
+    if report.temperature_c is not None:
+        lines.append(f"temp:     {report.temperature_c:.1f} °C")
+    for s in report.sessions:
+        lines.append(f"session:  {s['name']}: {s['turns']} turns, idle {s['idle_s']} s")
+    print("\n".join(lines))
+
+
+async def cmd_status(client: BusClient, args: argparse.Namespace) -> int:
+    await client.send(m.Status())
+    msg = await _reply(client, (m.StatusReport,))
+    if isinstance(msg, m.StatusReport):
+        if args.json:
+            _json_line(msg)
+        else:
+            _print_status(msg)
+        return EXIT_OK
+    return EXIT_DAEMON_ERROR
+
+
+async def cmd_say(client: BusClient, args: argparse.Namespace) -> int:
+    await client.send(m.Say(text=" ".join(args.text)))
+    msg = await _reply(client, (m.Ack,))
+    return EXIT_OK if isinstance(msg, m.Ack) else EXIT_DAEMON_ERROR
+
+
+async def cmd_cancel(client: BusClient, args: argparse.Namespace) -> int:
+    await client.send(m.Cancel(id=args.id))
+    await client.send(m.Ping(id="cancel-done"))
+    msg = await _reply(client, (m.Pong,))
+    return EXIT_OK if isinstance(msg, m.Pong) else EXIT_DAEMON_ERROR
+
+
+async def _reply(client: BusClient, wanted: tuple[type, ...]) -> Optional[m.Message]:
+    """The first message of a wanted type; an Error is printed and returned."""
+    async for msg in client.messages():
+        if isinstance(msg, wanted):
+            return msg
+        if isinstance(msg, m.Error):
+            print(f"edgebot-cli: {msg.code}: {msg.message}", file=sys.stderr)
+            return msg
+    print("edgebot-cli: edgebotd closed the connection", file=sys.stderr)
+    return None
+
+
+COMMANDS: dict[str, Any] = {"ask": cmd_ask, "status": cmd_status, "say": cmd_say, "cancel": cmd_cancel}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgebot-cli", description="Talk to edgebotd over the local bus.")
+    p.add_argument("--socket", help="bus socket (default: $EDGEBOT_SOCKET or the config's [bus] socket)")
+    p.add_argument("--config", help="config file to read the socket path from")
+    sub = p.add_subparsers(dest="command", required=True)
+    ask = sub.add_parser("ask", help="ask a question and stream the answer")
+    ask.add_argument("--session", help="keep a conversation under this name (default: a one-off question)")
+    ask.add_argument("--think", action="store_true", help="stream the model's thinking to stderr")
+    ask.add_argument("--json", action="store_true", help="print one JSON bus event per line")
+    ask.add_argument("--max-tokens", type=int, help="limit on generated tokens, thinking included")
+    ask.add_argument("question", nargs="+", help="the question")
+    status = sub.add_parser("status", help="show the daemon's state")
+    status.add_argument("--json", action="store_true", help="print the status-report event as JSON")
+    status.add_argument("--wait", type=float, metavar="SECONDS",
+                        help="wait up to SECONDS for edgebotd to be up with its model loaded")
+    say = sub.add_parser("say", help="speak text through edgebot-speech-out")
+    say.add_argument("text", nargs="+")
+    cancel = sub.add_parser("cancel", help="cancel an answer by id")
+    cancel.add_argument("id")
+    return p
+
+
+async def wait_ready(path: str, seconds: float) -> Optional[str]:
+    """Retry until edgebotd answers ``status`` with state ready; returns None or why not."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    delay, why = 0.05, "not tried"
+    while True:
+        try:
+            client = await BusClient.connect(path, client="edgebot-cli", timeout=max(0.1, deadline - loop.time()))
+            try:
+                await client.send(m.Status())
+                msg = await _reply(client, (m.StatusReport,))
+            finally:
+                await client.close()
+            if isinstance(msg, m.StatusReport):
+                if msg.state == "ready":
+                    return None
+                if msg.state == "failed":
+                    return "the model failed to load; see the daemon's log (journalctl -u edgebot)"
+                why = f"edgebotd is {msg.state}"
+        except BusUnavailable as exc:
+            why = str(exc)
+        if loop.time() + delay > deadline:
+            return f"not ready after {seconds:g} s: {why}"
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+async def run(args: argparse.Namespace) -> int:
+    try:
+        path = resolve_socket(args)
+    except Exception as exc:  # noqa: BLE001 - a config error is a usage error here
+        print(f"edgebot-cli: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if getattr(args, "wait", None):
+        problem = await wait_ready(path, args.wait)
+        if problem:
+            print(f"edgebot-cli: {problem}", file=sys.stderr)
+            return EXIT_UNREACHABLE
+    try:
+        client = await BusClient.connect(path, client="edgebot-cli")
+    except BusUnavailable as exc:
+        print(f"edgebot-cli: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    try:
+        return int(await COMMANDS[args.command](client, args))
+    finally:
+        await client.close()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code else EXIT_OK
+    try:
+        return asyncio.run(run(args))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

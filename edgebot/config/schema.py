@@ -1,0 +1,155 @@
+"""The one schema of edgebot's configuration: every key once, with type, default, unit and help.
+
+Validation (``loader``), the documentation (``docs/configuration.md`` is generated from
+``render_markdown``) and ``edgebot-cli config`` all read this table; nothing else defines keys.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+# Value kinds a key can have. "table:int" is a TOML table whose values are integers.
+KINDS = ("str", "path", "int", "float", "bool", "list:str", "table:int")
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: ``[section] name``."""
+
+    section: str
+    name: str
+    kind: str
+    default: Any
+    help: str
+    unit: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    @property
+    def env_name(self) -> str:
+        """The environment variable that overrides this key: ``EDGEBOT_<SECTION>_<KEY>``."""
+        return f"EDGEBOT_{self.section.upper()}_{self.name.upper()}"
+
+    def allowed(self) -> str:
+        """A short phrase saying which values are allowed, for error messages."""
+        if self.choices:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        words = {
+            "str": "a string",
+            "path": "a file path (string)",
+            "int": "an integer",
+            "float": "a number",
+            "bool": "true or false",
+            "list:str": "a list of strings",
+            "table:int": "a table of integers, e.g. {voice = 64, cli = 1024}",
+        }[self.kind]
+        if self.minimum is not None and self.maximum is not None:
+            words += f" from {self.minimum:g} to {self.maximum:g}"
+        elif self.minimum is not None:
+            words += f" of at least {self.minimum:g}"
+        if self.unit:
+            words += f" ({self.unit})"
+        return words
+
+
+def default_socket_path() -> str:
+    """The bus socket: ``/run/edgebot/bus.sock`` for root or a service, else a per-user path."""
+    if os.geteuid() == 0 or os.environ.get("INVOCATION_ID"):
+        return "/run/edgebot/bus.sock"
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/edgebot-{os.getuid()}"
+    return os.path.join(runtime, "edgebot", "bus.sock")
+
+
+DEFAULT_MODEL = "/var/lib/edgebot/models/DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf"
+
+KEYS: tuple[Key, ...] = (
+    # [llm]: the model and how it samples
+    Key("llm", "model", "path", DEFAULT_MODEL, "GGUF model file that edgebotd loads."),
+    Key("llm", "n_ctx", "int", 4096, "Context window.", "tokens", 128, 131072),
+    Key("llm", "n_threads", "int", 0, "CPU threads for decoding; 0 = one per core.", "threads", 0, 256),
+    Key("llm", "n_batch", "int", 256, "Prompt tokens evaluated per batch; cancel is checked between batches.",
+        "tokens", 1, 8192),
+    Key("llm", "use_mmap", "bool", True, "Map the model file instead of reading it into memory."),
+    Key("llm", "use_mlock", "bool", False, "Lock the model in RAM so it is never swapped out."),
+    Key("llm", "temperature", "float", 0.6, "Sampling temperature (0.5-0.7 suits R1-distill models).",
+        "", 0.0, 2.0),
+    Key("llm", "top_p", "float", 0.95, "Nucleus sampling threshold.", "", 0.0, 1.0),
+    Key("llm", "top_k", "int", 40, "Sample only from the k most likely tokens; 0 = all.", "tokens", 0, 1000),
+    Key("llm", "seed", "int", -1, "Sampling seed; -1 = random.", "", -1, 2**31 - 1),
+    Key("llm", "max_tokens", "int", 1024, "Default limit on generated tokens (thinking included).",
+        "tokens", 1, 131072),
+    Key("llm", "think_budget", "table:int", {"voice": 96, "serial": 256, "cli": 1024, "http": 2048, "default": 512},
+        "Thinking tokens allowed per source before `</think>` is injected; 0 = no thinking.", "tokens", 0),
+    Key("llm", "persona", "str", "", "Text put at the start of the first user turn (R1 models take no system prompt)."),
+    # [engine]: the job queue and sessions
+    Key("engine", "queue_max", "int", 8, "Jobs waiting for the engine; more are refused with `busy`.", "jobs", 1, 1000),
+    Key("engine", "priorities", "table:int", {"voice": 0, "serial": 1, "cli": 2, "http": 2, "default": 3},
+        "Priority per source (lower runs first)."),
+    Key("engine", "session_idle_s", "float", 900.0, "A session unused this long is forgotten.", "seconds", 1.0),
+    Key("engine", "answer_reserve", "int", 512,
+        "Context kept free for the answer when old turns are trimmed.", "tokens", 16, 131072),
+    # [bus]: the local socket
+    Key("bus", "socket", "path", "", "Unix socket of the bus; empty = /run/edgebot/bus.sock as a service, "
+        "$XDG_RUNTIME_DIR/edgebot/bus.sock otherwise."),
+    Key("bus", "allowed_users", "list:str", [], "Users (names or uids) allowed on the bus besides root and the daemon's own user."),
+    Key("bus", "allowed_groups", "list:str", ["edgebot"], "Groups whose members are allowed on the bus."),
+    Key("bus", "max_line_bytes", "int", 1 << 20, "Longest accepted bus line.", "bytes", 1024, 1 << 26),
+    Key("bus", "client_queue_max", "int", 1024, "Undelivered events per client before it is disconnected.",
+        "events", 16, 1_000_000),
+    Key("bus", "client_rate", "float", 200.0, "Sustained messages per second a client may send.", "messages/s", 1.0),
+    Key("bus", "client_burst", "int", 1000, "Messages a client may send in a burst above its rate.", "messages", 1),
+    Key("bus", "max_inflight", "int", 4, "Unfinished asks per client.", "asks", 1, 1000),
+    # [log]
+    Key("log", "level", "str", "INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    # [build]: how deploy/install.sh builds llama-cpp-python for a board
+    Key("build", "cmake_args", "str", "", "CMAKE_ARGS for building llama-cpp-python on this board."),
+    # [daemon]
+    Key("daemon", "watchdog", "bool", True, "Send WATCHDOG=1 when systemd asks for it (WATCHDOG_USEC)."),
+)
+
+TOP_LEVEL: tuple[Key, ...] = (
+    Key("", "board", "str", "", "Board profile to layer under this file (rpi4, rpi5, rk3588, generic-x86); empty = detect."),
+)
+
+SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(k.section for k in KEYS))
+BY_SECTION: dict[str, dict[str, Key]] = {
+    s: {k.name: k for k in KEYS if k.section == s} for s in SECTIONS
+}
+
+
+@dataclass
+class Config:
+    """Validated configuration: ``config.get("llm", "n_ctx")``; ``sources`` says where each value came from."""
+
+    values: dict[str, dict[str, Any]]
+    sources: dict[str, str] = field(default_factory=dict)
+    board: str = ""
+
+    def get(self, section: str, name: str) -> Any:
+        return self.values[section][name]
+
+    def section(self, section: str) -> dict[str, Any]:
+        return dict(self.values[section])
+
+    @property
+    def socket_path(self) -> str:
+        return self.values["bus"]["socket"] or default_socket_path()
+
+
+def render_markdown() -> str:
+    """The key reference for ``docs/configuration.md``."""
+    lines: list[str] = []
+    for section in SECTIONS:
+        lines += [f"### [{section}]", "", "| key | type | default | unit | meaning | env |", "|---|---|---|---|---|---|"]
+        for k in BY_SECTION[section].values():
+            default = repr(k.default) if not isinstance(k.default, bool) else str(k.default).lower()
+            lines.append(f"| `{k.name}` | {k.kind} | `{default}` | {k.unit} | {k.help} | `{k.env_name}` |")
+        lines.append("")
+    return "\n".join(lines)

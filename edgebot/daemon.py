@@ -1,0 +1,133 @@
+"""edgebotd: wires configuration, the engine, the bus hub and systemd notification together."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import Optional, Sequence
+
+import edgebot
+from edgebot import systemd
+from edgebot.bus.hub import Hub, Limits
+from edgebot.config import Config, ConfigError, load_config
+from edgebot.dispatch import Dispatcher
+from edgebot.engine.backend import SamplingParams
+from edgebot.engine.llama_backend import LlamaBackend
+from edgebot.engine.scheduler import Engine, EngineSettings
+
+log = logging.getLogger(__name__)
+
+EX_CONFIG = 78  # sysexits.h: configuration error (also a missing/bad model file); the unit does not restart on it
+
+
+def build_engine(config: Config, on_state: object) -> Engine:
+    llm, eng = config.section("llm"), config.section("engine")
+    backend = LlamaBackend(llm["model"], n_ctx=llm["n_ctx"], n_threads=llm["n_threads"], n_batch=llm["n_batch"],
+                           use_mmap=llm["use_mmap"], use_mlock=llm["use_mlock"])
+    settings = EngineSettings(
+        sampling=SamplingParams(temperature=llm["temperature"], top_p=llm["top_p"], top_k=llm["top_k"],
+                                seed=llm["seed"]),
+        queue_max=eng["queue_max"], session_idle_s=eng["session_idle_s"], answer_reserve=eng["answer_reserve"],
+        persona=llm["persona"])
+    return Engine(backend, settings, on_state)  # type: ignore[arg-type]
+
+
+async def serve(config: Config) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loaded: asyncio.Future[tuple[str, str]] = loop.create_future()
+
+    def on_state(state: str, message: str) -> None:  # engine thread
+        def apply() -> None:
+            if state == "loading":
+                systemd.notify(f"STATUS={message}")
+            elif state in ("ready", "failed") and not loaded.done():
+                loaded.set_result((state, message))
+        loop.call_soon_threadsafe(apply)
+
+    engine = build_engine(config, on_state)
+    dispatcher = Dispatcher(config, engine, loop)
+    bus = config.section("bus")
+    hub = Hub(dispatcher.handle, Limits(bus["max_line_bytes"], bus["client_queue_max"], bus["client_rate"],
+                                        bus["client_burst"]),
+              bus["allowed_users"], bus["allowed_groups"], on_disconnect=dispatcher.disconnected)
+    dispatcher.hub = hub
+    inherited = systemd.listen_sockets()
+    try:
+        await hub.start(config.socket_path, inherited[0] if inherited else None)
+    except OSError as exc:
+        log.error("cannot open the bus socket %s: %s", config.socket_path, exc)
+        return EX_CONFIG
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    engine.start()
+    watchdog: Optional[asyncio.Task[None]] = None
+    interval = systemd.watchdog_interval() if config.get("daemon", "watchdog") else None
+    if interval:
+        watchdog = asyncio.create_task(_watchdog(interval))
+    code = 0
+    waiter = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({loaded, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if loaded in done:
+        state, message = loaded.result()
+        if state == "failed":
+            log.error("%s", message)
+            systemd.notify(f"STATUS=model failed to load: {message[:200]}")
+            code = EX_CONFIG
+        else:
+            log.info("ready: model %s, bus %s", config.get("llm", "model"), hub.path)
+            systemd.notify(f"READY=1\nSTATUS=ready: {config.get('llm', 'model')}")
+            await waiter
+    systemd.notify("STOPPING=1")
+    log.info("stopping: cancelling unfinished answers")
+    await asyncio.to_thread(engine.shutdown)
+    await asyncio.sleep(0)  # let the cancelled answers' final events reach the clients
+    if watchdog:
+        watchdog.cancel()
+    await hub.close()
+    waiter.cancel()
+    return code
+
+
+async def _watchdog(interval: float) -> None:
+    """Ping systemd from the event loop: if the loop stalls, the pings stop and systemd restarts us."""
+    while True:
+        systemd.notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="edgebotd", description="edgebot daemon: the model and the local bus.")
+    p.add_argument("--config", help="config file (default: $EDGEBOT_CONFIG or /etc/edgebot/edgebot.toml)")
+    p.add_argument("--board", help="board profile: rpi4, rpi5, rk3588, generic-x86 (default: detect)")
+    p.add_argument("--model", help="GGUF model file ([llm] model)")
+    p.add_argument("--socket", help="bus socket path ([bus] socket)")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR ([log] level)")
+    p.add_argument("--version", action="version", version=f"edgebotd {edgebot.__version__}")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config, board=args.board,
+                             overrides={"llm.model": args.model, "bus.socket": args.socket,
+                                        "log.level": args.log_level})
+    except ConfigError as exc:
+        systemd.setup_logging("INFO")
+        log.error("configuration error: %s", exc)
+        return EX_CONFIG
+    systemd.setup_logging(config.get("log", "level"))
+    log.info("edgebotd %s starting (board %s)", edgebot.__version__, config.board or "none")
+    try:
+        return asyncio.run(serve(config))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""What each bus message means inside edgebotd: asks become engine jobs, engine events become
+bus events, everything else is answered or relayed to subscribers.
+
+Runs on the event loop; engine events arrive from the worker thread through
+``loop.call_soon_threadsafe`` and are delivered here, so the hub is only touched by the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import logging
+from typing import Any, Optional
+
+import edgebot
+from edgebot.bus import messages as m
+from edgebot.bus.hub import Connection, Hub
+from edgebot.config import Config
+from edgebot.engine.scheduler import Engine, EngineBusy, EngineEvent, EngineNotReady, Job, JobDelta, JobEnded, \
+    JobStarted
+
+log = logging.getLogger(__name__)
+
+DAEMON_ONLY = {"welcome", "answer-start", "answer-delta", "think-delta", "answer-end", "status-report",
+               "pong", "ack", "error"}
+RELAYED = {"heard", "speaking"}
+
+
+def source_kind(source: str) -> str:
+    """``serial:ttyUSB0`` -> ``serial``: the key for per-source priorities and think budgets."""
+    return source.split(":", 1)[0]
+
+
+def read_rss_mb() -> Optional[float]:
+    """Resident memory of this process, MiB (from /proc/self/status)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def read_temperature_c() -> Optional[float]:
+    """The hottest thermal zone in degrees Celsius, where /sys/class/thermal has one."""
+    temps = []
+    for path in glob.glob("/sys/class/thermal/thermal_zone*/temp"):
+        try:
+            with open(path) as fh:
+                temps.append(int(fh.read().strip()) / 1000.0)
+        except (OSError, ValueError):
+            continue
+    return max(temps) if temps else None
+
+
+class Dispatcher:
+    """The hub's message handler; also delivers engine events to clients."""
+
+    def __init__(self, config: Config, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.engine = engine
+        self.loop = loop
+        self.hub: Optional[Hub] = None
+        self.owners: dict[str, tuple[Connection, m.Ask]] = {}  # ask id -> (asker, ask)
+
+    # -- from clients --------------------------------------------------------------------------
+
+    async def handle(self, conn: Connection, msg: m.Message) -> None:
+        assert self.hub is not None
+        if isinstance(msg, m.Ask):
+            self._ask(conn, msg)
+        elif isinstance(msg, m.Cancel):
+            self._cancel(conn, msg)
+        elif isinstance(msg, m.Hello):
+            conn.name, conn.role = f"{msg.client}-{conn.id}", msg.role
+            conn.send(m.Welcome(server_version=edgebot.__version__, model=self.engine.backend.info().model,
+                                session_defaults=self._session_defaults()))
+        elif isinstance(msg, m.Subscribe):
+            unknown = sorted(set(msg.types) - set(m.BY_TYPE) - {"*"})
+            if unknown:
+                conn.send(m.Error("bad-field", f"subscribe: unknown type(s) {', '.join(unknown)}"))
+                return
+            conn.subscriptions = set(msg.types)
+            conn.send(m.Ack(of="subscribe", delivered=len(conn.subscriptions)))
+        elif isinstance(msg, m.Say):
+            delivered = self.hub.publish(msg, skip=conn)
+            if delivered:
+                conn.send(m.Ack(of="say", delivered=delivered))
+            else:
+                conn.send(m.Error("not-found", "no speech-out bridge is connected; start edgebot-speech-out", msg.id))
+        elif isinstance(msg, m.Status):
+            conn.send(self.status_report())
+        elif isinstance(msg, m.Ping):
+            conn.send(m.Pong(id=msg.id))
+        elif msg.TYPE in RELAYED:
+            self.hub.publish(msg, skip=conn)
+        elif msg.TYPE in DAEMON_ONLY:
+            conn.send(m.Error("not-allowed", f"{msg.TYPE!r} is sent by edgebotd, not to it"))
+
+    def _session_defaults(self) -> dict[str, Any]:
+        llm = self.config.section("llm")
+        return {"max_tokens": llm["max_tokens"], "think_budget": llm["think_budget"],
+                "temperature": llm["temperature"], "n_ctx": llm["n_ctx"]}
+
+    def _ask(self, conn: Connection, ask: m.Ask) -> None:
+        if not ask.id or len(ask.id) > 128:
+            conn.send(m.Error("bad-field", "ask: id must be 1-128 characters", ask.id or None))
+            return
+        if not ask.text.strip():
+            conn.send(m.Error("bad-field", "ask: text is empty", ask.id))
+            return
+        if ask.id in self.owners:
+            conn.send(m.Error("duplicate-id", f"an answer with id {ask.id!r} is already in progress", ask.id))
+            return
+        if len(conn.inflight) >= self.config.get("bus", "max_inflight"):
+            conn.send(m.Error("busy", f"this client already has {len(conn.inflight)} unfinished questions", ask.id))
+            return
+        llm, engine_cfg = self.config.section("llm"), self.config.section("engine")
+        kind = source_kind(ask.source)
+        budgets, priorities = llm["think_budget"], engine_cfg["priorities"]
+        max_tokens = ask.max_tokens if ask.max_tokens and ask.max_tokens > 0 else llm["max_tokens"]
+        job = Job(id=ask.id, text=ask.text, source=ask.source, session=ask.session,
+                  show_think=ask.think == "show", max_tokens=min(max_tokens, llm["n_ctx"]),
+                  think_budget=budgets.get(kind, budgets.get("default", 512)),
+                  priority=priorities.get(kind, priorities.get("default", 3)),
+                  sink=lambda ev: self.loop.call_soon_threadsafe(self._deliver, ev))
+        self.owners[ask.id] = (conn, ask)
+        conn.inflight.add(ask.id)
+        try:
+            self.engine.submit(job)
+        except (EngineBusy, EngineNotReady) as exc:
+            self._forget(ask.id)
+            code = "busy" if isinstance(exc, EngineBusy) else "not-ready"
+            conn.send(m.Error(code, str(exc), ask.id))
+
+    def _cancel(self, conn: Connection, msg: m.Cancel) -> None:
+        assert self.hub is not None
+        if msg.id is None and msg.session is None:
+            conn.send(m.Error("bad-field", "cancel: give an id or a session"))
+            return
+        found = (self.engine.cancel(msg.id) if msg.id is not None else 0) or \
+            (self.engine.cancel_session(msg.session) if msg.session is not None else 0)
+        if not found:
+            conn.send(m.Error("not-found", f"nothing to cancel for {msg.id or msg.session!r}", msg.id))
+            return
+        self.hub.publish(msg, skip=conn)
+
+    def disconnected(self, conn: Connection) -> None:
+        """A client left: its unfinished answers are cancelled so the engine is freed."""
+        for ask_id in list(conn.inflight):
+            self.engine.cancel(ask_id)
+
+    # -- from the engine -----------------------------------------------------------------------
+
+    def _forget(self, ask_id: str) -> None:
+        owner = self.owners.pop(ask_id, None)
+        if owner:
+            owner[0].inflight.discard(ask_id)
+
+    def _deliver(self, ev: EngineEvent) -> None:
+        assert self.hub is not None
+        owner = self.owners.get(ev.id)
+        if owner is None:
+            return
+        conn, ask = owner
+        out: m.Message
+        if isinstance(ev, JobStarted):
+            out = m.AnswerStart(id=ev.id, session=ev.session, source=ask.source, speak=ask.speak)
+        elif isinstance(ev, JobDelta):
+            if ev.think:
+                conn.send(m.ThinkDelta(id=ev.id, text=ev.text))  # thinking goes only to the asker
+                return
+            out = m.AnswerDelta(id=ev.id, text=ev.text)
+        else:
+            assert isinstance(ev, JobEnded)
+            self._forget(ev.id)
+            if ev.code:
+                conn.send(m.Error(ev.code, ev.message, ev.id))
+                return
+            out = m.AnswerEnd(id=ev.id, reason=ev.reason, stats=ev.stats, message=ev.message)  # type: ignore[arg-type]
+        conn.send(out)
+        self.hub.publish(out, skip=conn)
+
+    def status_report(self) -> m.StatusReport:
+        st = self.engine.status()
+        return m.StatusReport(server_version=edgebot.__version__, model=st["model"], state=st["state"],
+                              queue=st["queue"], sessions=st["sessions"],
+                              last_tokens_per_s=st["last_tokens_per_s"],
+                              memory={"rss_mb": read_rss_mb()}, temperature_c=read_temperature_c(),
+                              clients=len(self.hub.connections) if self.hub else 0)

@@ -1,0 +1,94 @@
+"""The interface every inference backend implements (llama.cpp now, RKLLM/remote later).
+
+The scheduler owns queueing, sessions, the think splitter and stats; a backend only turns a
+conversation into tokens and streams text pieces for it. All methods except ``load`` and
+``info`` are called from the single engine worker thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Optional
+
+from edgebot.engine.prompt import Turn
+
+StopReason = Literal["stop", "length", "cancelled"]
+
+# Called with each decoded text piece; returns text to inject into the stream after it (e.g.
+# "</think>\n\n" when the think budget is spent), or None.
+PieceCallback = Callable[[str], Optional[str]]
+
+
+class ModelError(Exception):
+    """The model cannot be loaded; the message names the file and how to fix it."""
+
+
+class PromptTooLong(Exception):
+    """A prompt that cannot fit the context window even without history."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 40
+    seed: int = -1
+
+
+@dataclass
+class PreparedPrompt:
+    """A rendered, tokenized prompt. ``starts_thinking``: the prompt ends with ``<think>``."""
+
+    tokens: list[int]
+    starts_thinking: bool
+
+
+@dataclass
+class GenerationResult:
+    """What one generation did. Token counts in tokens."""
+
+    reason: StopReason
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    injected_tokens: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    model: str
+    n_ctx: int
+
+
+class Backend(ABC):
+    """A loaded model that can render, count and generate."""
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load the model; raise ModelError with an actionable message on failure."""
+
+    @abstractmethod
+    def info(self) -> BackendInfo: ...
+
+    @abstractmethod
+    def prepare(self, turns: list[Turn], question: Optional[str], persona: str = "") -> PreparedPrompt:
+        """Render and tokenize; ``question=None`` renders the history alone (for ``prefill``)."""
+
+    @abstractmethod
+    def generate(self, prompt: PreparedPrompt, params: SamplingParams, max_tokens: int,
+                 cancel: threading.Event, on_piece: PieceCallback) -> GenerationResult:
+        """Generate up to ``max_tokens`` tokens, reusing whatever prefix of ``prompt`` is cached.
+
+        Checks ``cancel`` between prompt batches and after every token.
+        """
+
+    @abstractmethod
+    def prefill(self, prompt: PreparedPrompt, stop: Callable[[], bool]) -> int:
+        """Bring the cache to ``prompt`` (batch by batch, giving up when ``stop()``); returns tokens evaluated."""
+
+    def close(self) -> None:
+        """Free the model."""

@@ -1,0 +1,222 @@
+"""The llama.cpp backend (llama-cpp-python 0.3.x), with our own eval/sample loop.
+
+Why not ``Llama.create_completion``: we need cancel between prompt batches and after every
+token, the KV-cache prefix reused across turns (and counted), text injected into the stream
+(the think budget's ``</think>``), and user text that can never become a control token.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import os
+import random
+import threading
+from pathlib import Path
+from typing import Callable, Optional
+
+from edgebot.engine.backend import (Backend, BackendInfo, GenerationResult, ModelError, PieceCallback,
+                                    PreparedPrompt, SamplingParams)
+from edgebot.engine.prompt import Turn, render_segments
+
+log = logging.getLogger(__name__)
+
+GET_MODEL = ("Get the model with `deploy/get-model.sh` (DeepSeek-R1-Distill-Qwen-1.5B Q4_K_M GGUF) "
+             "or set [llm] model / --model to a GGUF file.")
+
+
+def check_model_file(path: str) -> None:
+    """Raise ModelError unless ``path`` looks like a readable, complete GGUF file."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"model file {path} does not exist. {GET_MODEL}")
+    if not p.is_file():
+        raise ModelError(f"model path {path} is not a file. {GET_MODEL}")
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(24)
+    except PermissionError:
+        raise ModelError(f"model file {path} is not readable by this user (uid {os.getuid()}); "
+                         f"fix its permissions (e.g. chmod 0644)") from None
+    if head[:4] != b"GGUF":
+        raise ModelError(f"model file {path} is not a GGUF file (it starts with {head[:4]!r}). {GET_MODEL}")
+    if len(head) < 24:
+        raise ModelError(f"model file {path} is truncated ({p.stat().st_size} bytes). {GET_MODEL}")
+
+
+class LlamaBackend(Backend):
+    """One ``llama_cpp.Llama``; every method but ``load``/``info`` runs on the engine thread."""
+
+    def __init__(self, model_path: str, *, n_ctx: int = 4096, n_threads: int = 0, n_batch: int = 256,
+                 use_mmap: bool = True, use_mlock: bool = False) -> None:
+        self.model_path = model_path
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or len(os.sched_getaffinity(0))
+        self.n_batch = n_batch
+        self.use_mmap = use_mmap
+        self.use_mlock = use_mlock
+        self._llm = None  # llama_cpp.Llama once loaded
+        self._special: dict[str, int] = {}  # text of every control / user-defined token
+        self._template: Optional[str] = None
+        self._bos_text = ""
+        self._eos_text = ""
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load(self) -> None:
+        check_model_file(self.model_path)
+        import llama_cpp  # heavy: imported only by the daemon
+
+        try:
+            llm = llama_cpp.Llama(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads,
+                                  n_threads_batch=self.n_threads, n_batch=self.n_batch,
+                                  use_mmap=self.use_mmap, use_mlock=self.use_mlock, verbose=False)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelError(f"model file {self.model_path} could not be loaded by llama.cpp ({exc}); "
+                             f"it may be truncated, corrupt or of an unsupported architecture. {GET_MODEL}") from None
+        self._llm = llm
+        model = llm._model
+        wanted = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+        for tok in range(model.n_vocab()):
+            if model.token_get_attr(tok) & wanted:
+                text = model.token_to_piece(tok, special=True).rstrip(b"\x00").decode("utf-8", "replace")
+                if len(text) > 1:
+                    self._special[text] = tok
+        self._template = llm.metadata.get("tokenizer.chat_template")
+        self._bos_text = model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else ""
+        self._eos_text = model.token_get_text(model.token_eos()) if model.token_eos() >= 0 else ""
+        log.info("loaded %s: n_ctx=%d threads=%d batch=%d, %d special tokens", self.model_path, self.n_ctx,
+                 self.n_threads, self.n_batch, len(self._special))
+
+    def info(self) -> BackendInfo:
+        return BackendInfo(name="llama.cpp", model=self.model_path, n_ctx=self.n_ctx)
+
+    def close(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+
+    # -- prompts -----------------------------------------------------------------------------
+
+    def tokenize_text(self, text: str) -> list[int]:
+        """Tokenize user text as plain characters: never a control or user-defined token.
+
+        llama.cpp matches user-defined tokens (``<｜User｜>``, ``<think>`` in R1 models) even with
+        ``special=False``, so every occurrence of a special token's text is tokenized one
+        character at a time.
+        """
+        assert self._llm is not None
+        tokens: list[int] = []
+        rest = text
+        while rest:
+            hits = [(rest.find(s), s) for s in self._special if s in rest]
+            if not hits:
+                tokens += self._llm.tokenize(rest.encode(), add_bos=False, special=False)
+                break
+            idx, special = min(hits, key=lambda h: (h[0], -len(h[1])))
+            if idx:
+                tokens += self._llm.tokenize(rest[:idx].encode(), add_bos=False, special=False)
+            for ch in special:
+                tokens += self._llm.tokenize(ch.encode(), add_bos=False, special=False)
+            rest = rest[idx + len(special):]
+        return tokens
+
+    def prepare(self, turns: list[Turn], question: Optional[str], persona: str = "") -> PreparedPrompt:
+        assert self._llm is not None
+        segments = render_segments(self._template, turns, question, persona=persona,
+                                   bos_text=self._bos_text, eos_text=self._eos_text)
+        tokens: list[int] = []
+        for seg in segments:
+            if seg.is_content:
+                tokens += self.tokenize_text(seg.text)
+            else:
+                tokens += self._llm.tokenize(seg.text.encode(), add_bos=False, special=True)
+        ends_thinking = bool(segments) and not segments[-1].is_content and \
+            segments[-1].text.rstrip().endswith("<think>")
+        return PreparedPrompt(tokens=tokens, starts_thinking=ends_thinking and question is not None)
+
+    # -- the cache ---------------------------------------------------------------------------
+
+    def _reuse_prefix(self, tokens: list[int]) -> int:
+        """Drop the cache after the longest common prefix with ``tokens``; returns its length."""
+        llm = self._llm
+        assert llm is not None
+        n = 0
+        limit = min(llm.n_tokens, len(tokens) - 1)  # keep >= 1 token to evaluate for fresh logits
+        cached = llm.input_ids
+        while n < limit and cached[n] == tokens[n]:
+            n += 1
+        if n < llm.n_tokens:
+            if not llm._ctx.kv_cache_seq_rm(-1, n, -1):
+                n = 0
+                llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+            llm.n_tokens = n
+        return n
+
+    def _eval_batches(self, tokens: list[int], start: int, stop: Callable[[], bool]) -> int:
+        """Evaluate ``tokens[start:]`` in n_batch batches; returns how many were evaluated."""
+        llm = self._llm
+        assert llm is not None
+        done = 0
+        for i in range(start, len(tokens), self.n_batch):
+            if stop():
+                break
+            batch = tokens[i: i + self.n_batch]
+            llm.eval(batch)
+            done += len(batch)
+        return done
+
+    def prefill(self, prompt: PreparedPrompt, stop: Callable[[], bool]) -> int:
+        tokens = prompt.tokens[: self.n_ctx - 1]
+        if not tokens:
+            return 0
+        start = self._reuse_prefix(tokens + [-1])  # the whole prompt may be reused here
+        return self._eval_batches(tokens, start, stop)
+
+    # -- generation --------------------------------------------------------------------------
+
+    def generate(self, prompt: PreparedPrompt, params: SamplingParams, max_tokens: int,
+                 cancel: threading.Event, on_piece: PieceCallback) -> GenerationResult:
+        llm = self._llm
+        assert llm is not None
+        import llama_cpp
+
+        tokens = prompt.tokens
+        result = GenerationResult(reason="stop", prompt_tokens=len(tokens))
+        result.cached_tokens = self._reuse_prefix(tokens)
+        self._eval_batches(tokens, result.cached_tokens, cancel.is_set)
+        if cancel.is_set():
+            result.reason = "cancelled"
+            return result
+        llm.set_seed(params.seed if params.seed >= 0 else random.randrange(2**31))
+        sampler = llm._init_sampler(temp=params.temperature, top_p=params.top_p, top_k=params.top_k)
+        vocab = llm._model.vocab
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        room = self.n_ctx - llm.n_tokens
+        limit = min(max_tokens, room)
+        while True:
+            if result.completion_tokens >= limit:
+                result.reason = "length"
+                break
+            token = sampler.sample(llm._ctx, -1)
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                break
+            result.completion_tokens += 1
+            text = decoder.decode(llm.detokenize([token]))
+            inject = on_piece(text) if text else None
+            feed = [token]
+            if inject:
+                extra = llm.tokenize(inject.encode(), add_bos=False, special=True)
+                feed += extra[: max(0, self.n_ctx - llm.n_tokens - 1)]
+                result.injected_tokens += len(extra)
+            if cancel.is_set():
+                result.reason = "cancelled"
+                break
+            if llm.n_tokens + len(feed) > self.n_ctx:
+                result.reason = "length"
+                break
+            llm.eval(feed)
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            on_piece(tail)
+        return result

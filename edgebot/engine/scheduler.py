@@ -1,0 +1,333 @@
+"""The engine: one worker thread that owns the backend, a bounded priority queue, cancel,
+sessions, the think splitter and budget, and per-answer stats.
+
+Events go out through each job's ``sink`` callable, called on the worker thread (the daemon
+hands them to its event loop). Every accepted job ends with exactly one ``JobEnded``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
+
+from edgebot.engine.backend import Backend, ModelError, SamplingParams
+from edgebot.engine.prompt import Turn
+from edgebot.engine.sessions import SessionStore
+from edgebot.engine.think import CLOSE_TAG, ThinkSplitter
+
+log = logging.getLogger(__name__)
+
+# Injected when the think budget is spent. R1 models end thinking with "\n</think>" and write
+# the blank line before the answer themselves.
+BUDGET_CLOSE = "\n" + CLOSE_TAG
+
+
+@dataclass
+class JobStarted:
+    id: str
+    session: str
+
+
+@dataclass
+class JobDelta:
+    """Text of the answer (``think`` False) or of the thinking (``think`` True)."""
+
+    id: str
+    text: str
+    think: bool = False
+
+
+@dataclass
+class JobEnded:
+    id: str
+    reason: str  # stop | length | cancelled | error
+    stats: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+    code: str = ""
+
+
+EngineEvent = Union[JobStarted, JobDelta, JobEnded]
+Sink = Callable[[EngineEvent], None]
+
+
+class EngineBusy(Exception):
+    """The queue is full."""
+
+
+class EngineNotReady(Exception):
+    """The model is not loaded (yet, or it failed)."""
+
+
+@dataclass
+class Job:
+    """One question. ``max_tokens`` and ``think_budget`` in tokens; ``session`` None = one-off."""
+
+    id: str
+    text: str
+    source: str
+    sink: Sink
+    session: Optional[str] = None
+    show_think: bool = False
+    max_tokens: int = 1024
+    think_budget: int = 512
+    priority: int = 2
+    submitted: float = field(default_factory=time.monotonic)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    ended: bool = False  # its JobEnded has been sent
+
+    def end(self, event: "JobEnded") -> None:
+        """Send the one final event of this job."""
+        self.ended = True
+        self.sink(event)
+
+
+@dataclass
+class EngineSettings:
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    queue_max: int = 8
+    session_idle_s: float = 900.0
+    answer_reserve: int = 512
+    persona: str = ""
+
+
+class Engine:
+    """Owns the backend on one thread; ``submit``/``cancel``/``status`` are thread-safe."""
+
+    def __init__(self, backend: Backend, settings: EngineSettings,
+                 on_state: Callable[[str, str], None] = lambda state, msg: None) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.on_state = on_state
+        self.state = "starting"  # starting | loading | ready | failed | stopped
+        self.error = ""
+        self.sessions = SessionStore(settings.session_idle_s)
+        self.last_tokens_per_s: Optional[float] = None
+        self._queue: list[tuple[int, int, Job]] = []
+        self._seq = itertools.count()
+        self._current: Optional[Job] = None
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._rebase: Optional[str] = None  # session whose canonical history should be cached
+        self._rebasing = False
+        self._thread = threading.Thread(target=self._run, name="edgebot-engine", daemon=True)
+
+    # -- public, any thread --------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if self.state != "ready":
+                raise EngineNotReady(self.error or f"the model is {self.state}")
+            if len(self._queue) >= self.settings.queue_max:
+                raise EngineBusy(f"{len(self._queue)} questions are waiting; try again shortly")
+            heapq.heappush(self._queue, (job.priority, next(self._seq), job))
+            self._cond.notify()
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a queued or running job; returns False when no such job exists."""
+        return self._cancel_where(lambda j: j.id == job_id) > 0
+
+    def cancel_session(self, session: str) -> int:
+        return self._cancel_where(lambda j: j.session == session)
+
+    def _cancel_where(self, match: Callable[[Job], bool]) -> int:
+        dropped: list[Job] = []
+        with self._cond:
+            keep = []
+            for entry in self._queue:
+                if match(entry[2]):
+                    dropped.append(entry[2])
+                else:
+                    keep.append(entry)
+            self._queue = keep
+            heapq.heapify(self._queue)
+            current = self._current
+            if current is None or current.ended or not match(current):
+                current = None
+            if current is not None:
+                current.cancel.set()
+        for job in dropped:
+            job.end(JobEnded(job.id, "cancelled", self._stats(job)))
+        return len(dropped) + (1 if current is not None else 0)
+
+    def status(self) -> dict[str, Any]:
+        with self._cond:
+            return {"state": self.state, "error": self.error, "model": self.backend.info().model,
+                    "queue": {"waiting": len(self._queue), "max": self.settings.queue_max,
+                              "running": self._current.id if self._current else None,
+                              "idle": not self._queue and self._current is None and self._rebase is None
+                              and not self._rebasing},
+                    "sessions": self.sessions.snapshot(), "last_tokens_per_s": self.last_tokens_per_s}
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Cancel everything (queued and running jobs end ``cancelled``) and stop the thread."""
+        self._cancel_where(lambda j: True)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # -- the worker thread ---------------------------------------------------------------------
+
+    def _set_state(self, state: str, message: str = "") -> None:
+        with self._cond:
+            self.state = state
+            self.error = message if state == "failed" else ""
+        self.on_state(state, message)
+
+    def _run(self) -> None:
+        self._set_state("loading", f"loading {self.backend.info().model}")
+        try:
+            self.backend.load()
+        except ModelError as exc:
+            self._set_state("failed", str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - any load failure must be reported, not crash
+            log.exception("model load failed")
+            self._set_state("failed", f"model load failed: {exc}")
+            return
+        self._set_state("ready", "ready")
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping and self._rebase is None:
+                    self._cond.wait()
+                if self._stopping:
+                    break
+                if not self._queue:
+                    rebase, self._rebase = self._rebase, None
+                    self._rebasing = True
+                    job = None
+                else:
+                    job = heapq.heappop(self._queue)[2]
+                    self._current = job
+            if job is None:
+                try:
+                    self._prefill_history(rebase)
+                finally:
+                    with self._cond:
+                        self._rebasing = False
+                continue
+            try:
+                self._answer(job)
+            except Exception as exc:  # noqa: BLE001 - one bad job must not stop the engine
+                log.exception("job %s failed", job.id)
+                job.end(JobEnded(job.id, "error", {}, f"internal error: {exc}", "internal"))
+            finally:
+                with self._cond:
+                    self._current = None
+        self.backend.close()
+        self._set_state("stopped")
+
+    def _prefill_history(self, name: Optional[str]) -> None:
+        """Re-base the KV cache on a session's canonical history while idle."""
+        with self._cond:
+            session = self.sessions.peek(name) if name else None
+            turns = list(session.turns) if session else []
+        if not turns:
+            return
+        prompt = self.backend.prepare(turns, None, self.settings.persona)
+        n = self.backend.prefill(prompt, lambda: bool(self._queue) or self._stopping)
+        log.debug("re-based cache on session %s: %d tokens evaluated", name, n)
+
+    def _fit(self, job: Job, turns: list[Turn]) -> tuple[Any, int]:
+        """Prepare the prompt, dropping the oldest turns until it leaves room for the answer."""
+        n_ctx = self.backend.info().n_ctx
+        reserve = min(job.max_tokens, self.settings.answer_reserve)
+        dropped = 0
+        while True:
+            prompt = self.backend.prepare(turns[dropped:], job.text, self.settings.persona)
+            if len(prompt.tokens) + reserve <= n_ctx or dropped == len(turns):
+                return prompt, dropped
+            dropped += 1
+
+    def _answer(self, job: Job) -> None:
+        if job.cancel.is_set():
+            job.end(JobEnded(job.id, "cancelled", self._stats(job)))
+            return
+        with self._cond:
+            session = self.sessions.get(job.session) if job.session else None
+            turns = list(session.turns) if session else []
+        prompt, dropped = self._fit(job, turns)
+        n_ctx = self.backend.info().n_ctx
+        if len(prompt.tokens) >= n_ctx - 1:
+            job.end(JobEnded(job.id, "error", self._stats(job),
+                              f"the question is {len(prompt.tokens)} tokens but the context holds {n_ctx}; "
+                              f"ask something shorter", "too-long"))
+            return
+        if dropped and session is not None:
+            with self._cond:
+                del session.turns[:dropped]
+                session.trimmed_turns += dropped
+            log.info("session %s: trimmed %d oldest turn(s) to fit %d tokens", job.session, dropped, n_ctx)
+        job.sink(JobStarted(job.id, job.session or f"{job.source}:{job.id}"))
+        splitter = ThinkSplitter(prompt.starts_thinking)
+        answer: list[str] = []
+        marks: dict[str, float] = {}
+        think_tokens = 0
+
+        def emit(think: str, text: str) -> None:
+            if think and job.show_think:
+                job.sink(JobDelta(job.id, think, think=True))
+            if text:
+                marks.setdefault("answer", time.monotonic())
+                answer.append(text)
+                job.sink(JobDelta(job.id, text))
+
+        def on_piece(piece: str) -> Optional[str]:
+            nonlocal think_tokens
+            marks.setdefault("first", time.monotonic())
+            marks["last"] = time.monotonic()
+            if splitter.thinking:
+                think_tokens += 1
+            split = splitter.feed(piece)
+            emit(split.think, split.answer)
+            if splitter.thinking and think_tokens >= job.think_budget:
+                inject = BUDGET_CLOSE
+                split = splitter.feed(inject)
+                emit(split.think, split.answer)
+                return inject
+            return None
+
+        result = self.backend.generate(prompt, self.settings.sampling, job.max_tokens, job.cancel, on_piece)
+        tail = splitter.flush()
+        emit(tail.think, tail.answer)
+        stats = self._stats(job, result, think_tokens, marks)
+        message = ""
+        if result.reason == "length" and splitter.thinking:
+            message = (f"the answer ran out of tokens while still thinking (max_tokens={job.max_tokens}); "
+                       f"raise max_tokens or lower the think budget")
+        if result.reason in ("stop", "length") and session is not None and answer:
+            with self._cond:
+                session.turns.append(Turn(job.text, "".join(answer).strip()))
+                self._rebase = session.name
+        if stats.get("tokens_per_s"):
+            self.last_tokens_per_s = stats["tokens_per_s"]
+        job.end(JobEnded(job.id, result.reason, stats, message))
+
+    def _stats(self, job: Job, result: Any = None, think_tokens: int = 0,
+               marks: Optional[dict[str, float]] = None) -> dict[str, Any]:
+        """``answer-end.stats``: token counts in tokens, times in milliseconds since the ask."""
+        stats: dict[str, Any] = {"prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0,
+                                 "think_tokens": think_tokens, "ttft_ms": None, "answer_ms": None,
+                                 "tokens_per_s": None}
+        if result is not None:
+            stats.update(prompt_tokens=result.prompt_tokens, cached_tokens=result.cached_tokens,
+                         completion_tokens=result.completion_tokens)
+        if marks:
+            ms = lambda t: round((t - job.submitted) * 1000.0, 1)  # noqa: E731
+            if "first" in marks:
+                stats["ttft_ms"] = ms(marks["first"])
+                span = marks["last"] - marks["first"]
+                if result is not None and result.completion_tokens > 1 and span > 0:
+                    stats["tokens_per_s"] = round((result.completion_tokens - 1) / span, 2)
+            if "answer" in marks:
+                stats["answer_ms"] = ms(marks["answer"])
+        return stats

@@ -1,0 +1,54 @@
+"""Conversations per source (``voice``, ``serial:ttyUSB0``, ``cli:<name>``) and their expiry."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgebot.engine.prompt import Turn
+
+
+@dataclass
+class Session:
+    """A named conversation; ``last_used`` is a ``time.monotonic()`` reading (seconds)."""
+
+    name: str
+    turns: list[Turn] = field(default_factory=list)
+    last_used: float = field(default_factory=time.monotonic)
+    trimmed_turns: int = 0
+
+
+class SessionStore:
+    """Sessions by name; a session idle longer than ``idle_s`` seconds is forgotten."""
+
+    def __init__(self, idle_s: float) -> None:
+        self.idle_s = idle_s
+        self._sessions: dict[str, Session] = {}
+
+    def get(self, name: str) -> Session:
+        self.expire()
+        session = self._sessions.get(name)
+        if session is None:
+            session = self._sessions[name] = Session(name)
+        session.last_used = time.monotonic()
+        return session
+
+    def peek(self, name: str) -> Session | None:
+        return self._sessions.get(name)
+
+    def drop(self, name: str) -> None:
+        self._sessions.pop(name, None)
+
+    def expire(self) -> list[str]:
+        """Forget idle sessions; returns their names."""
+        now = time.monotonic()
+        gone = [n for n, s in self._sessions.items() if now - s.last_used > self.idle_s]
+        for name in gone:
+            del self._sessions[name]
+        return gone
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        return [{"name": s.name, "turns": len(s.turns), "trimmed_turns": s.trimmed_turns,
+                 "idle_s": round(now - s.last_used, 1)} for s in self._sessions.values()]
