@@ -1,0 +1,1 @@
+"""Bridges: separate processes on the bus (serial, speech-in, speech-out), one shared supervisor."""
