@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from edgebot.engine.prompt import Turn
 
@@ -20,18 +20,22 @@ class Session:
 
 
 class SessionStore:
-    """Sessions by name; a session idle longer than ``idle_s`` seconds is forgotten."""
+    """Sessions by name; a session idle longer than ``idle_s`` seconds is forgotten.
 
-    def __init__(self, idle_s: float) -> None:
+    ``clock`` returns seconds (``time.monotonic`` unless a test gives its own).
+    """
+
+    def __init__(self, idle_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.idle_s = idle_s
+        self.clock = clock
         self._sessions: dict[str, Session] = {}
 
     def get(self, name: str) -> Session:
         self.expire()
         session = self._sessions.get(name)
         if session is None:
-            session = self._sessions[name] = Session(name)
-        session.last_used = time.monotonic()
+            session = self._sessions[name] = Session(name, last_used=self.clock())
+        session.last_used = self.clock()
         return session
 
     def peek(self, name: str) -> Session | None:
@@ -42,13 +46,13 @@ class SessionStore:
 
     def expire(self) -> list[str]:
         """Forget idle sessions; returns their names."""
-        now = time.monotonic()
+        now = self.clock()
         gone = [n for n, s in self._sessions.items() if now - s.last_used > self.idle_s]
         for name in gone:
             del self._sessions[name]
         return gone
 
     def snapshot(self) -> list[dict[str, Any]]:
-        now = time.monotonic()
+        now = self.clock()
         return [{"name": s.name, "turns": len(s.turns), "trimmed_turns": s.trimmed_turns,
                  "idle_s": round(now - s.last_used, 1)} for s in self._sessions.values()]
