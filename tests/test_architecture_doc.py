@@ -1,0 +1,67 @@
+"""docs/architecture.md stays true: its module map names every core module, and the dependency
+rules it states hold in the source (checked on the import statements, without importing)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from conftest import REPO
+
+DOC = REPO / "docs" / "architecture.md"
+PKG = REPO / "edgebot"
+CORE = sorted(
+    [p for d in ("config", "bus", "engine") for p in (PKG / d).glob("*.py") if p.name != "__init__.py"]
+    + [PKG / n for n in ("daemon.py", "dispatch.py", "systemd.py", "cli.py")]
+    + [PKG / "bridges" / "supervisor.py", PKG / "testing" / "script_model.py"])
+
+
+def imports(path: Path, top_level_only: bool = False) -> set[str]:
+    """Modules named by the import statements of ``path`` (``from a.b import c`` gives ``a.b``)."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    names: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def under(name: str, *packages: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in packages)
+
+
+def test_module_map_names_every_core_module() -> None:
+    mapped = set(re.findall(r"^\| `(edgebot/[\w/]+\.py)` \|", DOC.read_text(), flags=re.M))
+    core = {str(p.relative_to(REPO)) for p in CORE}
+    assert core - mapped == set(), "add these to the module map in docs/architecture.md"
+    assert {m for m in mapped if not (REPO / m).exists()} == set(), "the map names modules that do not exist"
+
+
+def test_engine_imports_neither_bus_nor_bridges() -> None:
+    for path in (PKG / "engine").glob("*.py"):
+        bad = {n for n in imports(path) if under(n, "edgebot") and not under(n, "edgebot.engine")}
+        assert not bad, f"{path.name} imports {bad}"
+
+
+def test_bus_imports_neither_engine_nor_bridges() -> None:
+    for path in (PKG / "bus").glob("*.py"):
+        bad = {n for n in imports(path) if under(n, "edgebot.engine", "edgebot.bridges", "edgebot.dispatch",
+                                                   "edgebot.daemon", "edgebot.cli")}
+        assert not bad, f"{path.name} imports {bad}"
+
+
+def test_bridges_and_cli_never_import_the_engine() -> None:
+    for path in [*(PKG / "bridges").glob("*.py"), PKG / "cli.py"]:
+        bad = {n for n in imports(path) if under(n, "edgebot.engine", "edgebot.dispatch", "edgebot.daemon", "llama_cpp")}
+        assert not bad, f"{path.relative_to(REPO)} imports {bad}"
+
+
+def test_cli_imports_nothing_heavy_at_start() -> None:
+    names = imports(PKG / "cli.py", top_level_only=True)
+    ours = {n for n in names if under(n, "edgebot")}
+    assert all(under(n, "edgebot.bus") for n in ours), ours
+    assert not {n for n in names if under(n, "numpy", "jinja2", "llama_cpp", "vosk", "piper", "sounddevice")}
