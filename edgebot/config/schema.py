@@ -110,6 +110,11 @@ KEYS: tuple[Key, ...] = (
     Key("log", "level", "str", "INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     # [build]: how deploy/install.sh builds llama-cpp-python for a board
     Key("build", "cmake_args", "str", "", "CMAKE_ARGS for building llama-cpp-python on this board."),
+    # [service]: what deploy/install.sh writes into edgebot.service.d/board.conf (edgebotd ignores them)
+    Key("service", "memory_max", "str", "", "MemoryMax= of edgebot.service: a size (3G) or a share of RAM (75%); "
+        "empty = no limit."),
+    Key("service", "cpu_affinity", "str", "", "CPUAffinity= of edgebot.service, e.g. 4-7 (the big cores); "
+        "empty = all CPUs."),
     # [daemon]
     Key("daemon", "watchdog", "bool", True, "Send WATCHDOG=1 when systemd asks for it (WATCHDOG_USEC)."),
 )
@@ -153,8 +158,3 @@ def render_markdown() -> str:
             lines.append(f"| `{k.name}` | {k.kind} | `{default}` | {k.unit} | {k.help} | `{k.env_name}` |")
         lines.append("")
     return "\n".join(lines)
-    # [service]: what deploy/install.sh writes into edgebot.service.d/board.conf (edgebotd ignores them)
-    Key("service", "memory_max", "str", "", "MemoryMax= of edgebot.service: a size (3G) or a share of RAM (75%); "
-        "empty = no limit."),
-    Key("service", "cpu_affinity", "str", "", "CPUAffinity= of edgebot.service, e.g. 4-7 (the big cores); "
-        "empty = all CPUs."),
