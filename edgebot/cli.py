@@ -147,6 +147,10 @@ async def _reply(client: BusClient, wanted: tuple[type, ...]) -> Optional[m.Mess
 
 
 COMMANDS: dict[str, Any] = {"ask": cmd_ask, "status": cmd_status, "say": cmd_say, "cancel": cmd_cancel}
+# Subcommands that do not talk to the bus first: module (with run_cli(argv, args)) and help text.
+LOCAL_COMMANDS = {"model": "edgebot.models", "doctor": "edgebot.doctor"}
+LOCAL_COMMANDS_HELP = {"model": "download, list and verify models (see: edgebot-cli model --help)",
+                       "doctor": "check config, model, llama.cpp build, memory, bus, audio, serial, units, temperature"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("text", nargs="+")
     cancel = sub.add_parser("cancel", help="cancel an answer by id")
     cancel.add_argument("id")
+    for name, text in LOCAL_COMMANDS_HELP.items():  # parsed by their own modules, imported only when run
+        sub.add_parser(name, help=text, add_help=False)
     return p
 
 
@@ -220,11 +226,30 @@ async def run(args: argparse.Namespace) -> int:
         await client.close()
 
 
+def _local_command_at(argv: Sequence[str]) -> Optional[int]:
+    """Index of a LOCAL_COMMANDS word in ``argv`` (after the global options), else None."""
+    i = 0
+    while i < len(argv):
+        if argv[i] in ("--socket", "--config"):
+            i += 2
+        elif argv[i].startswith("-"):
+            i += 1
+        else:
+            return i if argv[i] in LOCAL_COMMANDS else None
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    local = _local_command_at(argv)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(argv if local is None else argv[:local + 1])
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
+    if local is not None:
+        import importlib
+
+        return int(importlib.import_module(LOCAL_COMMANDS[args.command]).run_cli(argv[local + 1:], args))
     try:
         return asyncio.run(run(args))
     except KeyboardInterrupt:

@@ -1,0 +1,387 @@
+#!/usr/bin/env bash
+# Install edgebot on a board: apt packages, the edgebot user, a venv in /opt/edgebot with
+# llama-cpp-python built for the board (CMAKE_ARGS from board-configs/BOARD.toml), the config in
+# /etc/edgebot, the systemd units and udev rules, the models, and start it at every boot.
+#
+#   sudo deploy/install.sh rpi5               # Raspberry Pi 5 (also: rpi4, rk3588, generic-x86)
+#   deploy/install.sh rpi5 --dry-run          # print every step, change nothing (no root needed)
+#
+# Idempotent: each step checks first and says "unchanged"; a second run changes nothing and says so.
+# Supported: Debian 12/13, Raspberry Pi OS (bookworm or later), Ubuntu 22.04/24.04; arm64, or x86-64
+# with the generic-x86 profile for development.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PREFIX=/opt/edgebot
+LLAMA_VERSION=${EDGEBOT_LLAMA_VERSION:-0.3.36}   # the llama-cpp-python release the tests ran against
+MODEL_MB=1066      # DeepSeek-R1-Distill-Qwen-1.5B Q4_K_M (1,117,320,800 bytes)
+VOICE_MB=200       # a vosk small model + a piper voice, unpacked
+VENV_MB=1500       # the venv plus the llama.cpp build tree while compiling
+MIN_MEM_MB=1800    # model + a 2048-token KV cache + compute buffers + the OS (see board-configs/README.md)
+# Overridable for tests and unusual systems (documented in docs/install.md).
+OS_RELEASE=${EDGEBOT_OS_RELEASE:-/etc/os-release}
+MEMINFO=${EDGEBOT_MEMINFO:-/proc/meminfo}
+ARCH=${EDGEBOT_ARCH:-$(uname -m)}
+
+DRY_RUN=0 VOICE=1 MODELS=1 REBUILD=0 ROOT="" LANGUAGE=en BOARD=""
+CHANGED=0
+
+usage() {
+    cat <<EOF
+usage: deploy/install.sh BOARD [--dry-run] [--no-voice] [--no-models] [--lang en|zh] [--rebuild] [--root DIR]
+  BOARD        one of: $(boards | tr '\n' ' ')
+  --dry-run    print every step without doing it
+  --no-voice   skip the speech bridges (no microphone/speaker)
+  --no-models  do not download models (copy them to /var/lib/edgebot later)
+  --lang       voice models for English (en, default) or Mandarin (zh)
+  --rebuild    rebuild llama-cpp-python even if it was built with the same flags
+  --root DIR   install the files (units, config, users, rules) under DIR; skips apt, venv, models, systemctl
+EOF
+}
+
+boards() { for f in "$REPO"/board-configs/*.toml; do basename "$f" .toml; done; }
+die() { echo "install.sh: error: $*" >&2; exit 1; }
+say() { echo "==> $*"; }
+note() { echo "    $*"; }
+unchanged() { echo "    ok: $* (unchanged)"; }
+
+# run CMD...: do it (or print it in a dry run); every change goes through here.
+run() {
+    CHANGED=1
+    if [ "$DRY_RUN" = 1 ]; then
+        echo "    would run: $*"
+    else
+        echo "    run: $*"
+        "$@"
+    fi
+}
+
+# toml_get FILE SECTION KEY: a string/number value from our own flat TOML files (no arrays).
+toml_get() {
+    awk -v want="$2" -v key="$3" '
+        /^[[:space:]]*\[/ { gsub(/[][[:space:]]/, ""); section = $0; next }
+        section == want {
+            line = $0; sub(/[[:space:]]+#.*$/, "", line)
+            if (match(line, "^[[:space:]]*" key "[[:space:]]*=")) {
+                value = substr(line, RLENGTH + 1); gsub(/^[[:space:]]+|[[:space:]]+$/, "", value)
+                gsub(/^"|"$/, "", value); print value; exit
+            }
+        }' "$1"
+}
+
+# install_file SRC DEST MODE: copy when missing or different.
+install_file() {
+    if [ -f "$2" ] && cmp -s "$1" "$2"; then
+        unchanged "$2"
+    else
+        run install -D -m "$3" "$1" "$2"
+        FILES_CHANGED=1
+    fi
+}
+
+# write_file DEST MODE: like install_file, with the generated content on stdin.
+write_file() {
+    local tmp
+    tmp=$(mktemp)
+    cat >"$tmp"
+    if [ -f "$1" ] && cmp -s "$tmp" "$1"; then
+        unchanged "$1"
+    elif [ "$DRY_RUN" = 1 ]; then
+        CHANGED=1 FILES_CHANGED=1
+        echo "    would write $1:"
+        sed 's/^/    | /' "$tmp"
+    else
+        run install -D -m "$2" "$tmp" "$1"
+        FILES_CHANGED=1
+    fi
+    rm -f "$tmp"
+}
+
+parse_args() {
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --dry-run) DRY_RUN=1 ;;
+            --no-voice) VOICE=0 ;;
+            --no-models) MODELS=0 ;;
+            --rebuild) REBUILD=1 ;;
+            --lang) shift; LANGUAGE=${1:-} ;;
+            --root) shift; ROOT=${1:-}; [ -n "$ROOT" ] || { usage >&2; exit 2; } ;;
+            -h|--help) usage; exit 0 ;;
+            -*) echo "install.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+            *) [ -z "$BOARD" ] || { echo "install.sh: one board only (got $BOARD and $1)" >&2; exit 2; }
+               BOARD=$1 ;;
+        esac
+        shift
+    done
+    if [ -z "$BOARD" ]; then
+        echo "install.sh: error: no board name given" >&2
+        usage >&2
+        exit 2
+    fi
+    if [ ! -f "$REPO/board-configs/$BOARD.toml" ]; then
+        echo "install.sh: error: unknown board '$BOARD'; known boards: $(boards | tr '\n' ' ')" >&2
+        exit 2
+    fi
+    case "$LANGUAGE" in en|zh) ;; *) echo "install.sh: --lang must be en or zh" >&2; exit 2 ;; esac
+    if [ -n "$ROOT" ]; then
+        mkdir -p "$ROOT"
+        ROOT=$(cd "$ROOT" && pwd)
+    fi
+}
+
+# --- 1. checks that fail early, before anything is changed -----------------------------------
+preflight() {
+    say "checking the system"
+    [ -r "$OS_RELEASE" ] || die "cannot read $OS_RELEASE: unsupported OS"
+    local id like version
+    # shellcheck source=/dev/null
+    id=$(. "$OS_RELEASE"; echo "${ID:-}")
+    # shellcheck source=/dev/null
+    like=$(. "$OS_RELEASE"; echo "${ID_LIKE:-}")
+    # shellcheck source=/dev/null
+    version=$(. "$OS_RELEASE"; echo "${VERSION_ID:-0}")
+    case "$id" in
+        debian|raspbian) [ "${version%%.*}" -ge 12 ] 2>/dev/null \
+            || die "Debian/Raspberry Pi OS $version is too old: bookworm (12) or later is needed" ;;
+        ubuntu) [ "${version%%.*}" -ge 22 ] 2>/dev/null || die "Ubuntu $version is too old: 22.04 or later is needed" ;;
+        *) die "unsupported OS '$id' (ID_LIKE '$like'): edgebot installs on Debian 12+, Raspberry Pi OS or Ubuntu 22.04+" ;;
+    esac
+    note "OS: $id $version, $ARCH"
+    local want_arch
+    want_arch=$(case "$BOARD" in generic-x86) echo x86_64 ;; *) echo aarch64 ;; esac)
+    [ "$ARCH" = "$want_arch" ] || die "board $BOARD needs a $want_arch system, this one is $ARCH \
+(a 32-bit OS on a Pi reports armv7l: install the 64-bit Raspberry Pi OS)"
+    local mem_kb mem_mb need_disk free_mb dir
+    mem_kb=$(awk '/^MemTotal:/ { print $2 }' "$MEMINFO")
+    mem_mb=$((mem_kb / 1024))
+    [ "$mem_mb" -ge "$MIN_MEM_MB" ] || die "only $mem_mb MiB of memory; the model needs at least $MIN_MEM_MB MiB"
+    note "memory: $mem_mb MiB (at least $MIN_MEM_MB needed)"
+    need_disk=$VENV_MB
+    [ "$MODELS" = 0 ] || need_disk=$((need_disk + MODEL_MB))
+    [ "$VOICE" = 0 ] || [ "$MODELS" = 0 ] || need_disk=$((need_disk + VOICE_MB))
+    dir=${ROOT:-}/var/lib
+    while [ ! -d "$dir" ]; do dir=$(dirname "$dir"); done
+    free_mb=${EDGEBOT_FREE_MB:-$(df -Pm "$dir" | awk 'NR == 2 { print $4 }')}
+    [ "$free_mb" -ge "$need_disk" ] || die "only $free_mb MiB free on $dir; $need_disk MiB are needed \
+(venv and build $VENV_MB, model $MODEL_MB, voices $VOICE_MB)"
+    note "disk: $free_mb MiB free on $dir ($need_disk needed)"
+    if [ "$DRY_RUN" = 0 ] && [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then
+        die "run as root (sudo deploy/install.sh $BOARD), or look first with --dry-run"
+    fi
+    MEM_MB=$mem_mb
+}
+
+# --- 2. Debian packages ---------------------------------------------------------------------
+apt_packages() {
+    say "apt packages"
+    local cmake_args pkgs missing=() p
+    cmake_args=$(toml_get "$PROFILE" build cmake_args)
+    pkgs=(python3 python3-venv python3-dev build-essential cmake git pkg-config ca-certificates)
+    case "$cmake_args" in *GGML_BLAS=ON*) pkgs+=(libopenblas-dev) ;; esac
+    case "$cmake_args" in *GGML_OPENMP=ON*) pkgs+=(libgomp1) ;; esac
+    [ "$VOICE" = 0 ] || pkgs+=(libportaudio2 alsa-utils)
+    note "wanted: ${pkgs[*]}"
+    if [ -n "$ROOT" ]; then note "skipped with --root"; return; fi
+    for p in "${pkgs[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} = 0 ]; then
+        unchanged "all installed"
+    else
+        run apt-get update
+        run apt-get install -y --no-install-recommends "${missing[@]}"
+    fi
+}
+
+# --- 3. the user, group and directories -------------------------------------------------------
+users_and_dirs() {
+    say "user, group and directories (sysusers.d, tmpfiles.d)"
+    local sysroot=()
+    [ -z "$ROOT" ] || sysroot=(--root="$ROOT")
+    FILES_CHANGED=0
+    install_file "$REPO/deploy/sysusers.d/edgebot.conf" "$ROOT/etc/sysusers.d/edgebot.conf" 0644
+    if [ "$FILES_CHANGED" = 1 ] || ! grep -q '^edgebot:' "$ROOT/etc/passwd" 2>/dev/null; then
+        run systemd-sysusers "${sysroot[@]}" edgebot.conf
+    else
+        unchanged "user edgebot"
+    fi
+    FILES_CHANGED=0
+    install_file "$REPO/deploy/tmpfiles.d/edgebot.conf" "$ROOT/etc/tmpfiles.d/edgebot.conf" 0644
+    if [ "$FILES_CHANGED" = 1 ] || [ ! -d "$ROOT/var/lib/edgebot/models" ]; then
+        run systemd-tmpfiles "${sysroot[@]}" --create edgebot.conf
+    else
+        unchanged "directories /etc/edgebot /var/lib/edgebot/{models,voices}"
+    fi
+}
+
+# --- 4. the venv, llama-cpp-python built for the board, edgebot itself -----------------------
+venv_and_build() {
+    say "venv $PREFIX/venv and llama-cpp-python $LLAMA_VERSION built for $BOARD"
+    local cmake_args stamp want extras src_hash
+    cmake_args=$(toml_get "$PROFILE" build cmake_args)
+    note "CMAKE_ARGS=$cmake_args"
+    if [ -n "$ROOT" ]; then note "skipped with --root"; return; fi
+    if [ -x "$PREFIX/venv/bin/python" ]; then unchanged "$PREFIX/venv"; else run python3 -m venv "$PREFIX/venv"; fi
+    stamp=$PREFIX/venv/.llama-cpp-build
+    want="llama-cpp-python==$LLAMA_VERSION CMAKE_ARGS=$cmake_args"
+    if [ "$REBUILD" = 0 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        unchanged "llama-cpp-python built with these flags"
+    else
+        note "compiling llama.cpp: 10-30 minutes on a Pi 5, longer on a Pi 4"
+        run env CMAKE_ARGS="$cmake_args" FORCE_CMAKE=1 "$PREFIX/venv/bin/pip" install --no-cache-dir \
+            --force-reinstall --no-binary llama-cpp-python "llama-cpp-python==$LLAMA_VERSION"
+        run_write "$stamp" "$want"
+    fi
+    extras=serial
+    [ "$VOICE" = 0 ] || extras=serial,voice,tts
+    src_hash=$(cd "$REPO" && find edgebot pyproject.toml -type f \( -name '*.py' -o -name pyproject.toml \) \
+        | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
+    stamp=$PREFIX/venv/.edgebot-source
+    want="$src_hash [$extras]"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        unchanged "edgebot [$extras] installed from this source"
+    else
+        [ "$VOICE" = 0 ] || note "the tts extra installs piper-tts (GPL-3.0); --no-voice leaves it out"
+        run "$PREFIX/venv/bin/pip" install --no-cache-dir "${REPO}[$extras]"
+        run_write "$stamp" "$want"
+    fi
+}
+
+run_write() {  # run_write FILE TEXT
+    CHANGED=1
+    if [ "$DRY_RUN" = 1 ]; then echo "    would write $1"; else printf '%s\n' "$2" >"$1"; fi
+}
+
+# --- 5. board profiles, docs, config ---------------------------------------------------------
+config_files() {
+    say "board profiles and config"
+    local f
+    for f in "$REPO"/board-configs/*.toml; do
+        install_file "$f" "$ROOT$PREFIX/board-configs/$(basename "$f")" 0644
+    done
+    for f in "$REPO"/docs/*.md; do
+        install_file "$f" "$ROOT$PREFIX/docs/$(basename "$f")" 0644
+    done
+    local conf=$ROOT/etc/edgebot/edgebot.toml
+    if [ -f "$conf" ]; then
+        unchanged "$conf kept as it is (never overwritten)"
+    else
+        {
+            echo "# edgebot configuration; every key: $PREFIX/docs/configuration.md"
+            echo "board = \"$BOARD\""
+            if [ "${MEM_MB:-4096}" -lt 3000 ]; then
+                echo
+                echo "[llm]"
+                echo "# a ${MEM_MB} MiB board: a 2048-token context leaves room for the speech bridges"
+                echo "n_ctx = 2048"
+                echo "n_batch = 128"
+            fi
+        } | write_file "$conf" 0644
+    fi
+}
+
+# --- 6. systemd units, the board drop-in, udev rules -----------------------------------------
+units_and_rules() {
+    say "systemd units and udev rules"
+    local unit dir=$ROOT/etc/systemd/system mem cpus
+    FILES_CHANGED=0
+    for unit in edgebot.socket edgebot.service edgebot-serial@.service edgebot-speech-in.service \
+                edgebot-speech-out.service; do
+        install_file "$REPO/systemd/$unit" "$dir/$unit" 0644
+    done
+    mem=$(toml_get "$PROFILE" service memory_max)
+    cpus=$(toml_get "$PROFILE" service cpu_affinity)
+    {
+        echo "# Written by deploy/install.sh from board-configs/$BOARD.toml [service]."
+        echo "[Service]"
+        [ -z "$mem" ] || echo "MemoryMax=$mem"
+        [ -z "$cpus" ] || echo "CPUAffinity=$cpus"
+    } | write_file "$dir/edgebot.service.d/board.conf" 0644
+    note "MemoryMax=${mem:-none} CPUAffinity=${cpus:-all}"
+    UNITS_CHANGED=$FILES_CHANGED
+    FILES_CHANGED=0
+    install_file "$REPO/deploy/udev/70-edgebot-serial.rules" "$ROOT/etc/udev/rules.d/70-edgebot-serial.rules" 0644
+    if [ "$FILES_CHANGED" = 1 ] && [ -z "$ROOT" ] && command -v udevadm >/dev/null; then
+        run udevadm control --reload-rules
+        run udevadm trigger --subsystem-match=tty --action=add
+    fi
+    if [ "$UNITS_CHANGED" = 1 ] && [ -z "$ROOT" ] && systemd_running; then
+        run systemctl daemon-reload
+    fi
+}
+
+systemd_running() { [ -d /run/systemd/system ]; }
+
+# --- 7. models ---------------------------------------------------------------------------------
+models() {
+    say "models"
+    if [ "$MODELS" = 0 ]; then note "skipped (--no-models): copy the GGUF to /var/lib/edgebot/models/"; return; fi
+    if [ -n "$ROOT" ]; then note "skipped with --root"; return; fi
+    local cli=$PREFIX/venv/bin/edgebot-cli out
+    local names=(deepseek-r1-distill-qwen-1.5b-q4_k_m)
+    if [ "$VOICE" = 1 ]; then
+        if [ "$LANGUAGE" = zh ]; then names+=(vosk-small-zh piper-zh-huayan-medium)
+        else names+=(vosk-small-en piper-en-lessac-medium); fi
+    fi
+    if [ "$DRY_RUN" = 1 ]; then
+        echo "    would run: $cli model pull ${names[*]}"
+        CHANGED=1
+        return
+    fi
+    out=$("$cli" model pull "${names[@]}" | tee /dev/stderr) || die "model download failed (see above); \
+run the same command again to resume, or use --no-models and copy the files"
+    case "$out" in *"installed "*) CHANGED=1 ;; esac
+    fix_model_owner
+}
+
+fix_model_owner() {
+    if find /var/lib/edgebot -not -user edgebot -print -quit | grep -q .; then
+        run chown -R edgebot:edgebot /var/lib/edgebot
+    fi
+}
+
+# --- 8. enable and start -----------------------------------------------------------------------
+enable_units() {
+    say "enable at boot and start"
+    local units=(edgebot.socket edgebot.service) u todo=()
+    [ "$VOICE" = 0 ] || units+=(edgebot-speech-in.service edgebot-speech-out.service)
+    if [ -n "$ROOT" ]; then note "skipped with --root: ${units[*]}"; return; fi
+    for u in "${units[@]}"; do
+        if [ "$DRY_RUN" = 0 ] && systemctl is-enabled --quiet "$u" 2>/dev/null \
+            && { ! systemd_running || systemctl is-active --quiet "$u"; }; then
+            unchanged "$u enabled$(systemd_running && echo ' and active')"
+        else
+            todo+=("$u")
+        fi
+    done
+    [ ${#todo[@]} = 0 ] && return
+    if systemd_running || [ "$DRY_RUN" = 1 ]; then
+        run systemctl enable --now "${todo[@]}"
+    else
+        run systemctl enable "${todo[@]}"
+        note "systemd is not running here (a container or chroot): enabled for the next boot, not started"
+    fi
+}
+
+main() {
+    parse_args "$@"
+    PROFILE=$REPO/board-configs/$BOARD.toml
+    [ "$DRY_RUN" = 0 ] || echo "install.sh: DRY RUN for $BOARD: nothing will be changed"
+    preflight
+    apt_packages
+    users_and_dirs
+    venv_and_build
+    config_files
+    units_and_rules
+    models
+    enable_units
+    if [ "$CHANGED" = 0 ]; then
+        echo "install.sh: nothing to do: edgebot for $BOARD is already installed as asked (no changes)"
+    elif [ "$DRY_RUN" = 1 ]; then
+        echo "install.sh: dry run done: the steps above marked 'would' are what a real run does"
+    else
+        echo "install.sh: done. Check it with: edgebot-cli doctor   (ask: edgebot-cli ask \"Hello\")"
+    fi
+}
+
+main "$@"

@@ -1,0 +1,208 @@
+"""HTTP(S) downloads for model files: progress, resume after interruption, checksums, clear errors.
+
+Standard library only (urllib), so it works on a fresh board before anything else is installed.
+A download goes to ``<dest>.part``; an interrupted one is resumed with an HTTP ``Range`` request;
+the finished file is checked against its sha256 (or the publisher's md5) and only then renamed
+into place, with a ``<dest>.sha256`` record beside it (``sha256sum -c`` format).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, TextIO
+
+from edgebot import __version__
+
+CHUNK = 1 << 20  # bytes read per call
+TIMEOUT_S = 30.0  # seconds without any data before a download is abandoned (it can be resumed)
+
+
+class DownloadError(Exception):
+    """A download failed; the message says why and what to do."""
+
+
+class OfflineError(DownloadError):
+    """The server could not be reached at all (no network, DNS failure, refused, timed out)."""
+
+
+class ChecksumError(DownloadError):
+    """The downloaded bytes are not the published file."""
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the finished file must be: any of size (bytes), sha256 and md5 (hex) may be unknown."""
+
+    size: int = 0
+    sha256: str = ""
+    md5: str = ""
+
+
+class Progress:
+    """Progress on a stream: a redrawn bar on a terminal, a line every 10 % (or 5 s) otherwise."""
+
+    def __init__(self, label: str, total: int, stream: TextIO = sys.stderr, start: int = 0) -> None:
+        self.label, self.total, self.stream = label, total, stream
+        self.tty = stream.isatty()
+        self.start_bytes, self.t0 = start, time.monotonic()
+        self.last_t, self.last_step = 0.0, -1
+
+    def update(self, done: int, final: bool = False) -> None:
+        now = time.monotonic()
+        rate = (done - self.start_bytes) / max(now - self.t0, 1e-6) / 1e6
+        pct = done * 100 // self.total if self.total else None
+        text = (f"{self.label}: {pct:3d}% {done / 1e6:8.1f}/{self.total / 1e6:.1f} MB {rate:6.1f} MB/s"
+                if pct is not None else f"{self.label}: {done / 1e6:8.1f} MB {rate:6.1f} MB/s")
+        if self.tty:
+            if final or now - self.last_t >= 0.2:
+                width = 30
+                filled = width * (pct or 0) // 100
+                bar = "#" * filled + "-" * (width - filled)
+                self.stream.write(f"\r[{bar}] {text}" + ("\n" if final else ""))
+                self.stream.flush()
+                self.last_t = now
+            return
+        step = (pct or 0) // 10
+        if final or step > self.last_step or now - self.last_t >= 5.0:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+            self.last_step, self.last_t = step, now
+
+
+def _hash_file(path: Path, algorithms: tuple[str, ...]) -> dict[str, "hashlib._Hash"]:
+    hashes = {a: hashlib.new(a) for a in algorithms}
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            for h in hashes.values():
+                h.update(chunk)
+    return hashes
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 hex digest of a file."""
+    return _hash_file(path, ("sha256",))["sha256"].hexdigest()
+
+
+def _offline(url: str, reason: object) -> OfflineError:
+    host = urllib.request.urlparse(url).netloc
+    return OfflineError(f"cannot reach {host} ({reason}). This machine seems to be offline: connect it to the "
+                        f"network and run the same command again (a partial download is resumed), or copy the "
+                        f"file here from a computer that has it")
+
+
+def _open(url: str, offset: int, timeout: float) -> "urllib.response.addinfourl":  # type: ignore[name-defined]
+    headers = {"User-Agent": f"edgebot/{__version__}"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:
+            return exc  # the part file is already complete (or longer): checked below
+        raise DownloadError(f"{url}: the server answered HTTP {exc.code} {exc.reason}") from None
+    except urllib.error.URLError as exc:
+        raise _offline(url, exc.reason) from None
+    except (socket.timeout, TimeoutError, ConnectionError) as exc:
+        raise _offline(url, exc) from None
+
+
+def download(url: str, dest: Path, expected: Expected, *, label: str = "",
+             progress: Optional[Callable[[int, int], None]] = None, stream: TextIO = sys.stderr,
+             timeout: float = TIMEOUT_S) -> str:
+    """Fetch ``url`` to ``dest`` (resuming ``dest.part``); returns the file's sha256.
+
+    Raises OfflineError, ChecksumError or DownloadError with a message meant for a person.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    offset = part.stat().st_size if part.exists() else 0
+    if expected.size and offset > expected.size:
+        part.unlink()
+        offset = 0
+    label = label or dest.name
+    if offset:
+        stream.write(f"{label}: resuming at {offset / 1e6:.1f} MB\n")
+    if not (expected.size and offset == expected.size):
+        resp = _open(url, offset, timeout)
+        status = getattr(resp, "status", None) or resp.getcode()
+        if status == 416:
+            resp.close()
+        else:
+            if offset and status != 206:
+                stream.write(f"{label}: the server does not resume downloads; starting again\n")
+                offset = 0
+            length = resp.headers.get("Content-Length")
+            total = offset + int(length) if length and length.isdigit() else expected.size
+            meter = Progress(label, total, stream, start=offset)
+            done = offset
+            try:
+                with resp, part.open("ab" if offset else "wb") as out:
+                    while True:
+                        try:
+                            chunk = resp.read(CHUNK)
+                        except (socket.timeout, TimeoutError) as exc:
+                            raise DownloadError(f"{label}: no data for {timeout:g} s ({exc}); {done / 1e6:.1f} MB "
+                                                f"kept in {part}: run the same command again to resume") from None
+                        except (ConnectionError, OSError) as exc:
+                            raise DownloadError(f"{label}: the connection broke ({exc}); {done / 1e6:.1f} MB kept "
+                                                f"in {part}: run the same command again to resume") from None
+                        if not chunk:
+                            break
+                        out.write(chunk)
+                        done += len(chunk)
+                        meter.update(done)
+                        if progress:
+                            progress(done, total)
+                    out.flush()
+                    os.fsync(out.fileno())
+            except KeyboardInterrupt:
+                stream.write(f"\n{label}: interrupted; {done / 1e6:.1f} MB kept in {part}: run the same command "
+                             f"again to resume\n")
+                raise
+            meter.update(done, final=True)
+            if total and done < total:
+                raise DownloadError(f"{label}: the server closed the connection at {done} of {total} bytes; "
+                                    f"the part is kept in {part}: run the same command again to resume")
+    return finish(part, dest, expected, label, stream)
+
+
+def finish(part: Path, dest: Path, expected: Expected, label: str, stream: TextIO) -> str:
+    """Check ``part`` against ``expected`` and move it to ``dest``; returns its sha256."""
+    size = part.stat().st_size
+    if expected.size and size != expected.size:
+        part.unlink()
+        raise ChecksumError(f"{label}: {size} bytes instead of {expected.size}; the download was deleted, "
+                            f"run the same command again")
+    stream.write(f"{label}: checking the checksum\n")
+    hashes = _hash_file(part, ("sha256", "md5") if expected.md5 else ("sha256",))
+    sha256 = hashes["sha256"].hexdigest()
+    for name, want in (("sha256", expected.sha256), ("md5", expected.md5)):
+        got = hashes[name].hexdigest() if name in hashes else ""
+        if want and got != want.lower():
+            part.unlink()
+            raise ChecksumError(f"{label}: {name} mismatch: expected {want}, got {got}. The file is corrupt or "
+                                f"not the published one; it was deleted. Run the same command again")
+    os.replace(part, dest)
+    write_sha256(dest, sha256)
+    return sha256
+
+
+def write_sha256(path: Path, sha256: str) -> None:
+    """Record ``path``'s sha256 beside it as ``<path>.sha256`` (``sha256sum -c`` format)."""
+    path.with_name(path.name + ".sha256").write_text(f"{sha256}  {path.name}\n")
+
+
+def recorded_sha256(path: Path) -> Optional[str]:
+    """The sha256 recorded beside ``path`` when it was downloaded, if any."""
+    try:
+        return path.with_name(path.name + ".sha256").read_text().split()[0]
+    except (OSError, IndexError):
+        return None

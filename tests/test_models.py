@@ -1,0 +1,290 @@
+"""edgebot-cli model pull/list/verify against a real HTTP server on loopback, and GGUF checks.
+
+The server serves files from memory, honours Range requests (206), can cut a response after N
+bytes (an interrupted download) and records each request's Range header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from edgebot.gguf_info import GGML_TYPE_SIZES, read_gguf
+
+BIN = Path(sys.executable).parent
+CLI = str(BIN / "edgebot-cli")
+REPO = Path(__file__).resolve().parents[1]
+
+
+class FileServer:
+    """A ThreadingHTTPServer on 127.0.0.1 serving ``files``; ``cut[name] = n`` ends a response after n bytes."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.cut: dict[str, int] = {}
+        self.ranges: list[tuple[str, str]] = []
+        self.ignore_range = False
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                name = self.path.lstrip("/")
+                outer.ranges.append((name, self.headers.get("Range", "")))
+                data = outer.files.get(name)
+                if data is None:
+                    self.send_error(404)
+                    return
+                start = 0
+                rng = self.headers.get("Range", "")
+                if rng.startswith("bytes=") and not outer.ignore_range:
+                    start = int(rng[6:].split("-")[0])
+                    if start >= len(data):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                body = data[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                limit = outer.cut.pop(name, None)
+                if limit is not None:
+                    self.wfile.write(body[:limit])
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)  # the connection breaks mid-file
+                    return
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[FileServer]:
+    s = FileServer()
+    yield s
+    s.close()
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+PAYLOAD = os.urandom(3 * 1024 * 1024 + 123)  # 3 MiB: several 1 MiB reads, so progress has steps
+SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+def test_pull_shows_progress_and_checks_the_checksum(server: FileServer, tmp_path: Path) -> None:
+    server.files["m.gguf"] = PAYLOAD
+    r = cli("model", "pull", "--url", f"{server.url}/m.gguf", "--sha256", SHA, "--dir", str(tmp_path), "m.gguf")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "m.gguf").read_bytes() == PAYLOAD
+    assert (tmp_path / "m.gguf.sha256").read_text() == f"{SHA}  m.gguf\n"
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("m.gguf:") and "%" in ln]
+    assert len(lines) >= 3 and lines[-1].split()[1] == "100%", r.stderr  # not a tty: one line per step
+    assert "checking the checksum" in r.stderr
+    # a second pull downloads nothing
+    again = cli("model", "pull", "--url", f"{server.url}/m.gguf", "--sha256", SHA, "--dir", str(tmp_path), "m.gguf")
+    assert again.returncode == 0 and "already present" in again.stdout
+    assert len(server.ranges) == 1
+
+
+def test_interrupted_download_resumes_with_a_range_request(server: FileServer, tmp_path: Path) -> None:
+    server.files["m.gguf"] = PAYLOAD
+    server.cut["m.gguf"] = 1_500_000
+    args = ("model", "pull", "--url", f"{server.url}/m.gguf", "--sha256", SHA, "--dir", str(tmp_path), "m.gguf")
+    first = cli(*args)
+    assert first.returncode == 1
+    assert "run the same command again to resume" in first.stderr
+    part = tmp_path / "m.gguf.part"
+    assert part.stat().st_size == 1_500_000 and not (tmp_path / "m.gguf").exists()
+    second = cli(*args)
+    assert second.returncode == 0, second.stderr
+    assert "resuming at 1.5 MB" in second.stderr
+    assert server.ranges[-1] == ("m.gguf", "bytes=1500000-")
+    assert (tmp_path / "m.gguf").read_bytes() == PAYLOAD and not part.exists()
+
+
+def test_server_without_range_support_restarts_cleanly(server: FileServer, tmp_path: Path) -> None:
+    server.files["m.gguf"] = PAYLOAD
+    server.ignore_range = True
+    (tmp_path / "m.gguf.part").write_bytes(PAYLOAD[:1000])
+    r = cli("model", "pull", "--url", f"{server.url}/m.gguf", "--sha256", SHA, "--dir", str(tmp_path), "m.gguf")
+    assert r.returncode == 0, r.stderr
+    assert "does not resume downloads; starting again" in r.stderr
+    assert (tmp_path / "m.gguf").read_bytes() == PAYLOAD
+
+
+def test_corrupted_download_is_rejected_by_its_checksum(server: FileServer, tmp_path: Path) -> None:
+    corrupt = bytearray(PAYLOAD)
+    corrupt[2_000_000] ^= 0xFF
+    server.files["m.gguf"] = bytes(corrupt)
+    r = cli("model", "pull", "--url", f"{server.url}/m.gguf", "--sha256", SHA, "--dir", str(tmp_path), "m.gguf")
+    assert r.returncode == 1
+    assert f"sha256 mismatch: expected {SHA}, got {hashlib.sha256(corrupt).hexdigest()}" in r.stderr
+    assert not (tmp_path / "m.gguf").exists() and not (tmp_path / "m.gguf.part").exists()
+
+
+def test_offline_error_says_what_to_do(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on: connection refused, as when offline
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = cli("model", "pull", "--url", f"http://127.0.0.1:{port}/m.gguf", "--dir", str(tmp_path), "m.gguf")
+    assert r.returncode == 4
+    assert f"cannot reach 127.0.0.1:{port}" in r.stderr and "seems to be offline" in r.stderr
+    unresolvable = cli("model", "pull", "--url", "http://edgebot-test.invalid/m.gguf", "--dir", str(tmp_path),
+                       "m.gguf")
+    assert unresolvable.returncode == 4 and "cannot reach edgebot-test.invalid" in unresolvable.stderr
+
+
+def _zip(top: str) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(f"{top}/conf/model.conf", "--sample-frequency=16000\n")
+        zf.writestr(f"{top}/am/final.mdl", os.urandom(5000))
+    return buf.getvalue()
+
+
+def test_catalogue_pull_via_a_mirror_unpacks_and_fetches_companions(server: FileServer, tmp_path: Path) -> None:
+    archive = _zip("vosk-model-small-xx-0.1")
+    onnx, onnx_json = os.urandom(4096), b'{"audio": {"sample_rate": 22050}}'
+    server.files.update({"vosk-model-small-xx-0.1.zip": archive, "xx-voice.onnx": onnx,
+                         "xx-voice.onnx.json": onnx_json})
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps([
+        {"name": "vosk-xx", "kind": "stt", "url": "https://example.invalid/vosk-model-small-xx-0.1.zip",
+         "filename": "vosk-model-small-xx-0.1.zip", "sha256": hashlib.sha256(archive).hexdigest(),
+         "language": "en", "unpack": "zip", "unpacks_to": "vosk-model-small-xx-0.1", "default": True},
+        {"name": "voice-xx", "kind": "tts", "url": "https://example.invalid/xx-voice.onnx",
+         "filename": "xx-voice.onnx", "size": len(onnx), "md5": hashlib.md5(onnx).hexdigest(),
+         "language": "en", "default": True,
+         "companions": [{"name": "voice-xx.json", "kind": "tts", "url": "https://example.invalid/xx-voice.onnx.json",
+                         "filename": "xx-voice.onnx.json", "md5": hashlib.md5(onnx_json).hexdigest()}]},
+    ]))
+    dest = tmp_path / "voices"
+    env = {"EDGEBOT_MODEL_MIRROR": server.url + "/"}  # the catalogue's hosts are never contacted
+    r = cli("model", "pull", "--catalog", str(catalog), "--dir", str(dest), env=env)
+    assert r.returncode == 0, r.stderr
+    unpacked = dest / "vosk-model-small-xx-0.1"
+    assert (unpacked / "conf" / "model.conf").read_text().startswith("--sample-frequency")
+    assert not (dest / "vosk-model-small-xx-0.1.zip").exists()
+    assert (dest / "xx-voice.onnx").read_bytes() == onnx and (dest / "xx-voice.onnx.json").read_bytes() == onnx_json
+    again = cli("model", "pull", "--catalog", str(catalog), "--dir", str(dest), env=env)
+    assert again.stdout.count("already") == 3, again.stdout
+    listed = json.loads(cli("model", "list", "--catalog", str(catalog), "--dir", str(dest), "--json").stdout)
+    assert {row["name"]: row["installed"] for row in listed if row["note"] != "not from the catalogue"} == \
+        {"vosk-xx": True, "voice-xx": True}
+
+
+def test_list_shows_what_the_config_points_to(tmp_path: Path, script_model: Path) -> None:
+    cfg = tmp_path / "edgebot.toml"
+    cfg.write_text(f'[llm]\nmodel = "{script_model}"\n')
+    r = cli("--config", str(cfg), "model", "list", "--dir", str(tmp_path))
+    assert r.returncode == 0
+    line = next(ln for ln in r.stdout.splitlines() if str(script_model) in ln)
+    assert line.startswith("installed") and line.endswith("<- config")
+    assert "deepseek-r1-distill-qwen-1.5b-q4_k_m" in r.stdout  # the catalogue, marked missing
+    assert next(ln for ln in r.stdout.splitlines() if "q4_k_m" in ln).startswith("missing")
+
+
+def test_verify_accepts_the_script_model(script_model: Path) -> None:
+    r = cli("model", "verify", str(script_model))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "architecture: qwen2, context length: 4096 tokens, chat template: yes" in r.stdout
+    assert r.stdout.rstrip().endswith(f"{script_model}: OK")
+
+
+def test_verify_rejects_truncated_foreign_and_templateless_files(tmp_path: Path, script_model: Path) -> None:
+    data = script_model.read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[:-1000])  # header intact, tensor data short
+    r = cli("model", "verify", str(cut))
+    assert r.returncode == 1 and "truncated: the tensors end at byte" in r.stdout and "1000 missing" in r.stdout
+    head_only = tmp_path / "head.gguf"
+    head_only.write_bytes(data[:5000])  # cut inside the metadata
+    r = cli("model", "verify", str(head_only))
+    assert r.returncode == 1 and "truncated header" in r.stdout
+    zipfile_ = tmp_path / "model.gguf"
+    zipfile_.write_bytes(b"PK\x03\x04not a model")
+    r = cli("model", "verify", str(zipfile_))
+    assert r.returncode == 1 and "not a GGUF file (starts with b'PK\\x03\\x04'" in r.stdout
+    assert "edgebot-cli model pull" in r.stderr
+
+    import gguf  # dev dependency: writes a GGUF without a chat template
+
+    bare = tmp_path / "bare.gguf"
+    writer = gguf.GGUFWriter(str(bare), "llama")
+    writer.add_context_length(2048)
+    writer.add_token_list(["a", "b"])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    r = cli("model", "verify", str(bare))
+    assert r.returncode == 1 and "no tokenizer.chat_template" in r.stdout
+
+
+def test_verify_notices_a_file_changed_since_download(server: FileServer, tmp_path: Path, script_model: Path) -> None:
+    data = script_model.read_bytes()
+    server.files["s.gguf"] = data
+    assert cli("model", "pull", "--url", f"{server.url}/s.gguf", "--dir", str(tmp_path), "s.gguf").returncode == 0
+    assert "sha256 matches the one recorded" in cli("model", "verify", str(tmp_path / "s.gguf")).stdout
+    changed = bytearray(data)
+    changed[-10] ^= 1  # a flipped bit in the weights: the header still parses
+    (tmp_path / "s.gguf").write_bytes(bytes(changed))
+    r = cli("model", "verify", str(tmp_path / "s.gguf"))
+    assert r.returncode == 1 and "differs from the" in r.stdout
+
+
+def test_gguf_type_table_matches_gguf_py() -> None:
+    from gguf.constants import GGML_QUANT_SIZES
+
+    for ttype, sizes in GGML_TYPE_SIZES.items():
+        assert tuple(GGML_QUANT_SIZES[gguf_type(ttype)]) == sizes
+
+
+def gguf_type(value: int):  # noqa: ANN201 - gguf's enum
+    from gguf.constants import GGMLQuantizationType
+
+    return GGMLQuantizationType(value)
+
+
+def test_kv_cache_size_of_the_real_shape(script_model: Path) -> None:
+    info = read_gguf(script_model)
+    # script model: 1 layer, n_embd 64; the arithmetic is the same for the real 28-layer model
+    heads, kv_heads = info.arch_value("attention.head_count"), info.arch_value("attention.head_count_kv")
+    assert info.kv_bytes_per_token() == 2 * 1 * kv_heads * (64 // heads) * 2
+
+
+def test_get_model_script_wraps_model_pull(server: FileServer, tmp_path: Path) -> None:
+    server.files["g.gguf"] = PAYLOAD
+    r = subprocess.run([str(REPO / "deploy" / "get-model.sh"), "--url", f"{server.url}/g.gguf", "--sha256", SHA,
+                        "--dir", str(tmp_path), "g.gguf"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "EDGEBOT_CLI": CLI})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "g.gguf").read_bytes() == PAYLOAD
