@@ -239,11 +239,14 @@ def check_serial(ctx: Context) -> Check:
             group = grp.getgrgid(st.st_gid).gr_name
         except KeyError:
             group = str(st.st_gid)
-        try:
-            allowed = os.access(port, os.R_OK | os.W_OK) if os.geteuid() != 0 else bool(st.st_mode & 0o060)
-        except OSError:
-            allowed = False
-        (fine if allowed else problems).append(f"{port} (group {group})" + ("" if allowed else " not read/writable"))
+        if os.geteuid() == 0:  # root can open anything: judge for the service (user edgebot, group dialout)
+            allowed = group == "dialout" and st.st_mode & 0o060 == 0o060
+            why = "" if allowed else f" not read/writable by group dialout (edgebot-serial@'s group), mode " \
+                                     f"{st.st_mode & 0o777:o}"
+        else:
+            allowed = os.access(port, os.R_OK | os.W_OK)
+            why = "" if allowed else f" not read/writable by {pwd.getpwuid(os.getuid()).pw_name}"
+        (fine if allowed else problems).append(f"{port} (group {group})" + why)
     if problems:
         return Check("serial", FAIL, "; ".join(problems + fine),
                      "plug the adapter in (see /dev/serial/by-id), check [[serial]] port, and that the tty is "

@@ -1,0 +1,124 @@
+"""deploy/install.sh: shellcheck, the --dry-run plan for every board, early failures, and a real
+idempotent run of the file steps into a scratch root (--root: sysusers, tmpfiles, units, rules,
+config). apt, the venv build, model downloads and systemctl are only planned here (a board does them)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edgebot.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+INSTALL = REPO / "deploy" / "install.sh"
+BOARDS = sorted(p.stem for p in (REPO / "board-configs").glob("*.toml"))
+ARCH = {"generic-x86": "x86_64"}
+
+
+def fake_system(tmp: Path, os_id: str = "debian", version: str = "12", mem_kb: int = 8_000_000) -> dict[str, str]:
+    """Files describing a system to install.sh (its documented EDGEBOT_OS_RELEASE/MEMINFO overrides)."""
+    (tmp / "os-release").write_text(f'ID={os_id}\nVERSION_ID="{version}"\n')
+    (tmp / "meminfo").write_text(f"MemTotal:       {mem_kb} kB\nMemAvailable:   {mem_kb // 2} kB\n")
+    return {"EDGEBOT_OS_RELEASE": str(tmp / "os-release"), "EDGEBOT_MEMINFO": str(tmp / "meminfo")}
+
+
+def install(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(INSTALL), *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck missing: .ci/run installs it")
+def test_deploy_scripts_are_shellcheck_clean() -> None:
+    scripts = sorted(str(p) for p in (REPO / "deploy").glob("*.sh"))
+    assert str(INSTALL) in scripts
+    r = subprocess.run(["shellcheck", *scripts], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_dry_run_plan_for_every_board(tmp_path: Path, board: str) -> None:
+    env = {**fake_system(tmp_path), "EDGEBOT_ARCH": ARCH.get(board, "aarch64")}
+    r = install(board, "--dry-run", env=env)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    profile = load_config(None, board=board, environ={})
+    cmake = profile.get("build", "cmake_args")
+    assert f"CMAKE_ARGS={cmake}" in out and cmake  # the board's own build flags, verbatim
+    assert "llama-cpp-python==" in out and "--no-binary llama-cpp-python" in out
+    if "GGML_BLAS=ON" in cmake:
+        assert "libopenblas-dev" in out
+    svc = profile.section("service")
+    for key, directive in (("memory_max", "MemoryMax"), ("cpu_affinity", "CPUAffinity")):
+        shown = f"    | {directive}={svc[key]}"
+        assert (shown in out) == bool(svc[key]), directive
+    for unit in ("edgebot.socket", "edgebot.service", "edgebot-serial@.service", "edgebot-speech-in.service",
+                 "edgebot-speech-out.service"):
+        assert f"/etc/systemd/system/{unit}" in out
+    assert "/etc/udev/rules.d/70-edgebot-serial.rules" in out
+    assert f'    | board = "{board}"' in out  # the generated /etc/edgebot/edgebot.toml
+    assert "model pull deepseek-r1-distill-qwen-1.5b-q4_k_m vosk-small-en piper-en-lessac-medium" in out
+    assert "would run: systemctl enable --now edgebot.socket edgebot.service edgebot-speech-in.service" in out
+    # nothing outside the plan happened: every action line is a "would"
+    assert not re.search(r"^    run: ", out, re.M)
+    assert out.rstrip().endswith("dry run done: the steps above marked 'would' are what a real run does")
+
+
+def test_dry_run_options(tmp_path: Path) -> None:
+    env = {**fake_system(tmp_path, mem_kb=2_000_000), "EDGEBOT_ARCH": "aarch64"}
+    r = install("rpi4", "--dry-run", "--no-voice", "--lang", "zh", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "speech-in.service" not in r.stdout.split("enable at boot")[1]
+    assert "model pull deepseek-r1-distill-qwen-1.5b-q4_k_m\n" in r.stdout  # no voices without voice
+    assert "    | n_ctx = 2048" in r.stdout  # a 1953 MiB board gets the small context
+    r = install("rpi5", "--dry-run", "--lang", "zh", "--no-models", env={**env, **fake_system(tmp_path)})
+    assert "skipped (--no-models)" in r.stdout and "model pull" not in r.stdout
+
+
+@pytest.mark.parametrize("args, system, extra, code, message", [
+    ((), {}, {}, 2, "no board name given"),
+    (("rpi6",), {}, {}, 2, "unknown board 'rpi6'; known boards: generic-x86 rk3588 rpi4 rpi5"),
+    (("rpi5", "--frobnicate"), {}, {}, 2, "unknown option --frobnicate"),
+    (("rpi5",), {"os_id": "fedora", "version": "40"}, {}, 1, "unsupported OS 'fedora'"),
+    (("rpi5",), {"os_id": "debian", "version": "11"}, {}, 1, "Debian/Raspberry Pi OS 11 is too old"),
+    (("rpi5",), {"os_id": "ubuntu", "version": "20.04"}, {}, 1, "Ubuntu 20.04 is too old"),
+    (("rpi5",), {"mem_kb": 900_000}, {}, 1, "only 878 MiB of memory; the model needs at least 1800 MiB"),
+    (("rpi5",), {}, {"EDGEBOT_ARCH": "x86_64"}, 1, "board rpi5 needs a aarch64 system, this one is x86_64"),
+    (("rpi5",), {}, {"EDGEBOT_ARCH": "armv7l"}, 1, "install the 64-bit Raspberry Pi OS"),
+    (("rpi5",), {}, {"EDGEBOT_FREE_MB": "500"}, 1, "only 500 MiB free on /var/lib; 2766 MiB are needed"),
+])
+def test_fails_early_and_clearly(tmp_path: Path, args: tuple[str, ...], system: dict, extra: dict, code: int,
+                                 message: str) -> None:
+    env = {**fake_system(tmp_path, **system), "EDGEBOT_ARCH": "aarch64", **extra}
+    r = install(*args, "--dry-run", env=env)
+    assert r.returncode == code, r.stdout + r.stderr
+    assert message in r.stderr
+    assert "would run" not in r.stdout  # failed before planning any change
+
+
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd missing: .ci/run installs it")
+def test_second_run_changes_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    env = {**fake_system(tmp_path), "EDGEBOT_ARCH": "aarch64"}
+    first = install("rk3588", "--root", str(root), env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "edgebot:" in (root / "etc" / "passwd").read_text()
+    assert (root / "etc/systemd/system/edgebot.service").read_text() == (REPO / "systemd/edgebot.service").read_text()
+    dropin = (root / "etc/systemd/system/edgebot.service.d/board.conf").read_text()
+    assert "MemoryMax=75%\n" in dropin and "CPUAffinity=4-7\n" in dropin
+    conf = root / "etc/edgebot/edgebot.toml"
+    assert load_config(conf, environ={}).board == "rk3588"  # the generated config is valid
+    assert (root / "var/lib/edgebot/models").is_dir()
+    assert (root / "opt/edgebot/board-configs/rk3588.toml").is_file()
+    conf.write_text(conf.read_text() + "# edited by the teacher\n")
+    second = install("rk3588", "--root", str(root), env=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "    run: " not in second.stdout, second.stdout
+    assert "kept as it is (never overwritten)" in second.stdout
+    assert second.stdout.rstrip().endswith("is already installed as asked (no changes)")
+    assert conf.read_text().endswith("# edited by the teacher\n")
