@@ -48,7 +48,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "think-delta": ("edgebotd", "the asker only, and only for `think: \"show\"`"),
     "answer-delta": ("edgebotd", "the asker, and subscribers of the type"),
     "answer-end": ("edgebotd", "the asker, and subscribers of the type"),
-    "cancel": ("client", "edgebotd; relayed to subscribers when it matched an answer"),
+    "cancel": ("client", "edgebotd, which relays it to subscribers of the type"),
     "say": ("client", "subscribers of `say` (edgebot-speech-out); the sender gets `ack`"),
     "heard": ("edgebot-speech-in", "subscribers of the type (relayed, no reply)"),
     "speaking": ("edgebot-speech-out", "subscribers of the type (relayed, no reply)"),
@@ -178,8 +178,8 @@ ERROR_HELP: dict[str, tuple[str, bool]] = {
     "busy": ("The engine's queue is full (`[engine] queue_max` waiting), or this client already has "
              "`[bus] max_inflight` unfinished asks. Try again later.", False),
     "duplicate-id": ("An answer with this `id` is still in progress.", False),
-    "not-found": ("`cancel` matched no queued or running answer; or `say` found no subscriber (no speech-out).",
-                  False),
+    "not-found": ("`cancel` matched no queued or running answer and no subscriber received it; or `say` "
+                  "found no subscriber (no speech-out).", False),
     "too-long": ("The question does not fit the context window even without history. Sent instead of "
                  "`answer-start`.", False),
     "not-ready": ("The model is still loading (or failed to load).", False),
