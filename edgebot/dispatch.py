@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 DAEMON_ONLY = {"welcome", "answer-start", "answer-delta", "think-delta", "answer-end", "status-report",
                "pong", "ack", "error"}
-RELAYED = {"heard", "speaking"}
+RELAYED = {"heard", "speaking", "listen", "audio-device", "voice-latency"}
 
 
 def source_kind(source: str) -> str:
@@ -64,6 +64,7 @@ class Dispatcher:
         self.loop = loop
         self.hub: Optional[Hub] = None
         self.owners: dict[str, tuple[Connection, m.Ask]] = {}  # ask id -> (asker, ask)
+        self.voice_latency: dict[str, Any] = {}  # the last voice-latency report, for status
 
     # -- from clients --------------------------------------------------------------------------
 
@@ -95,6 +96,8 @@ class Dispatcher:
         elif isinstance(msg, m.Ping):
             conn.send(m.Pong(id=msg.id))
         elif msg.TYPE in RELAYED:
+            if isinstance(msg, m.VoiceLatency):
+                self.voice_latency = {k: v for k, v in vars(msg).items() if v is not None}
             self.hub.publish(msg, skip=conn)
         elif msg.TYPE in DAEMON_ONLY:
             conn.send(m.Error("not-allowed", f"{msg.TYPE!r} is sent by edgebotd, not to it"))
@@ -142,10 +145,11 @@ class Dispatcher:
             return
         found = (self.engine.cancel(msg.id) if msg.id is not None else 0) or \
             (self.engine.cancel_session(msg.session) if msg.session is not None else 0)
-        if not found:
+        # Subscribers hear every cancel: speech-out may still be speaking an answer the engine has
+        # finished (or a `say`), and must stop it.
+        delivered = self.hub.publish(msg, skip=conn)
+        if not found and not delivered:
             conn.send(m.Error("not-found", f"nothing to cancel for {msg.id or msg.session!r}", msg.id))
-            return
-        self.hub.publish(msg, skip=conn)
 
     def disconnected(self, conn: Connection) -> None:
         """A client left: its unfinished answers are cancelled so the engine is freed."""
@@ -189,4 +193,5 @@ class Dispatcher:
                               queue=st["queue"], sessions=st["sessions"],
                               last_tokens_per_s=st["last_tokens_per_s"],
                               memory={"rss_mb": read_rss_mb()}, temperature_c=read_temperature_c(),
-                              clients=len(self.hub.connections) if self.hub else 0)
+                              clients=len(self.hub.connections) if self.hub else 0,
+                              voice_latency=self.voice_latency)

@@ -240,3 +240,6 @@ def slow_daemon(tmp_path_factory: pytest.TempPathFactory, slow_loop_model: Path)
                "[engine]\nqueue_max = 2\n[llm]\nn_ctx = 4096\n", env={"WATCHDOG_USEC": "100000"})
     yield d
     d.stop()
+
+
+from voice_harness import pulse  # noqa: E402,F401 - the session's PulseAudio server for the voice tests

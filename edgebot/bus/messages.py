@@ -106,9 +106,51 @@ class Say(Message):
 
 @dataclass
 class Heard(Message):
+    """What speech-in recognized. A final one also gives the ``id`` it was asked as,
+    ``end_of_speech`` (CLOCK_MONOTONIC seconds, comparable between processes of one machine) and
+    ``transcript_ms`` (from the end of speech until the transcript was ready)."""
+
     TYPE: ClassVar[str] = "heard"
     text: str
     final: bool = False
+    id: Optional[str] = None
+    end_of_speech: Optional[float] = None
+    transcript_ms: Optional[float] = None
+
+
+@dataclass
+class Listen(Message):
+    """Push-to-talk (e.g. a button on the microcontroller): speech-in takes the next utterance
+    starting within ``window_s`` seconds (default ``[speech_in] listen_window_s``) as a question."""
+
+    TYPE: ClassVar[str] = "listen"
+    window_s: Optional[float] = None
+
+
+@dataclass
+class AudioDevice(Message):
+    """A voice bridge's microphone or speaker: ``ready``, or ``missing`` (cannot be found or opened,
+    or it stopped; the bridge retries with backoff and ``message`` says why)."""
+
+    TYPE: ClassVar[str] = "audio-device"
+    bridge: str
+    state: Literal["ready", "missing"]
+    device: str = ""
+    message: str = ""
+
+
+@dataclass
+class VoiceLatency(Message):
+    """One voice turn's latencies, from speech-out, in milliseconds after the end of speech:
+    transcript ready, first answer token, first sentence synthesized, first audio at the speaker."""
+
+    TYPE: ClassVar[str] = "voice-latency"
+    id: str
+    text: str = ""
+    transcript_ms: Optional[float] = None
+    first_token_ms: Optional[float] = None
+    first_sentence_ms: Optional[float] = None
+    first_audio_ms: Optional[float] = None
 
 
 @dataclass
@@ -141,6 +183,8 @@ class StatusReport(Message):
     memory: dict[str, Any] = field(default_factory=dict)
     temperature_c: Optional[float] = None
     clients: int = 0
+    voice_latency: dict[str, Any] = field(default_factory=dict)
+    """The last ``voice-latency`` report (empty before the first voice turn)."""
 
 
 @dataclass
@@ -193,7 +237,7 @@ ERROR_CODES = (
 
 ALL_TYPES: tuple[type[Message], ...] = (
     Hello, Welcome, Ask, AnswerStart, ThinkDelta, AnswerDelta, AnswerEnd, Cancel, Say, Heard,
-    Speaking, Subscribe, Status, StatusReport, Ping, Pong, Ack, Error,
+    Speaking, Subscribe, Status, StatusReport, Ping, Pong, Ack, Error, Listen, AudioDevice, VoiceLatency,
 )
 BY_TYPE: dict[str, type[Message]] = {cls.TYPE: cls for cls in ALL_TYPES}
 

