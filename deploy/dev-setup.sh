@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-EXTRAS=${EDGEBOT_EXTRAS:-dev}
+EXTRAS=${EDGEBOT_EXTRAS:-dev,serial}  # serial: pyserial for edgebot-serial and its pty tests
 
 if [ ! -x .venv/bin/python ]; then
     echo "dev-setup: creating .venv with $($PYTHON --version)"

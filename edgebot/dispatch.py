@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 DAEMON_ONLY = {"welcome", "answer-start", "answer-delta", "think-delta", "answer-end", "status-report",
                "pong", "ack", "error"}
-RELAYED = {"heard", "speaking", "listen", "audio-device", "voice-latency"}
+RELAYED = {"heard", "speaking", "serial-port", "listen", "audio-device", "voice-latency"}
 
 
 def source_kind(source: str) -> str:
@@ -126,7 +126,8 @@ class Dispatcher:
         max_tokens = ask.max_tokens if ask.max_tokens and ask.max_tokens > 0 else llm["max_tokens"]
         job = Job(id=ask.id, text=ask.text, source=ask.source, session=ask.session,
                   show_think=ask.think == "show", max_tokens=min(max_tokens, llm["n_ctx"]),
-                  think_budget=budgets.get(kind, budgets.get("default", 512)),
+                  think_budget=ask.think_budget if ask.think_budget is not None and ask.think_budget >= 0
+                  else budgets.get(kind, budgets.get("default", 512)),
                   priority=priorities.get(kind, priorities.get("default", 3)),
                   sink=lambda ev: self.loop.call_soon_threadsafe(self._deliver, ev))
         self.owners[ask.id] = (conn, ask)

@@ -16,7 +16,7 @@ SAMPLES: dict[str, m.Message] = {
     "hello": m.Hello(client="edgebot-cli", version="0.1.0", role="cli"),
     "welcome": m.Welcome(server_version="0.1.0", model="/m.gguf", session_defaults={"max_tokens": 5}),
     "ask": m.Ask(id="a1", text="什么是 2+2? <｜User｜>", session="cli:x", source="serial:ttyUSB0", speak=True,
-                 think="show", max_tokens=64),
+                 think="show", max_tokens=64, think_budget=32),
     "answer-start": m.AnswerStart(id="a1", session="voice", source="voice", speak=True),
     "think-delta": m.ThinkDelta(id="a1", text="hmm"),
     "answer-delta": m.AnswerDelta(id="a1", text="四"),
@@ -39,6 +39,8 @@ SAMPLES: dict[str, m.Message] = {
     "pong": m.Pong(id="p"),
     "ack": m.Ack(of="say", delivered=1),
     "error": m.Error(code="busy", message="full", id="a1"),
+    "serial-port": m.SerialPort(port="/dev/serial/by-id/usb-Arduino_Uno-if00", state="ready", firmware="uno-1.0",
+                                message="board said HELLO"),
 }
 
 

@@ -51,6 +51,8 @@ class Ask(Message):
     speak: bool = False
     think: ThinkMode = "hide"
     max_tokens: Optional[int] = None
+    think_budget: Optional[int] = None
+    """Thinking tokens for this ask; None = the ``[llm] think_budget`` of the source's kind."""
 
 
 @dataclass
@@ -161,6 +163,18 @@ class Speaking(Message):
 
 
 @dataclass
+class SerialPort(Message):
+    """A serial bridge's port: ``state`` is waiting (absent or cannot open), busy (another process
+    holds it), open (waiting for the board's HELLO), ready, lost (vanished) or closed."""
+
+    TYPE: ClassVar[str] = "serial-port"
+    port: str
+    state: Literal["waiting", "busy", "open", "ready", "lost", "closed"]
+    firmware: Optional[str] = None
+    message: str = ""
+
+
+@dataclass
 class Subscribe(Message):
     TYPE: ClassVar[str] = "subscribe"
     types: list[str]
@@ -237,7 +251,8 @@ ERROR_CODES = (
 
 ALL_TYPES: tuple[type[Message], ...] = (
     Hello, Welcome, Ask, AnswerStart, ThinkDelta, AnswerDelta, AnswerEnd, Cancel, Say, Heard,
-    Speaking, Subscribe, Status, StatusReport, Ping, Pong, Ack, Error, Listen, AudioDevice, VoiceLatency,
+    Speaking, Subscribe, Status, StatusReport, Ping, Pong, Ack, Error, SerialPort, Listen, AudioDevice,
+    VoiceLatency,
 )
 BY_TYPE: dict[str, type[Message]] = {cls.TYPE: cls for cls in ALL_TYPES}
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from edgebot.config.schema import BY_SECTION, KEYS, SECTIONS, TOP_LEVEL, Config, Key
+from edgebot.config.schema import ARRAY_SECTIONS, BY_SECTION, KEYS, SECTIONS, TOP_LEVEL, Config, Key
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,9 +36,9 @@ def _suggest(word: str, options: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def check_value(key: Key, value: Any, origin: str) -> Any:
-    """Return ``value`` converted to the key's kind, or raise ConfigError."""
-    where = f"{origin}: [{key.section}] {key.name}" if key.section else f"{origin}: {key.name}"
+def check_value(key: Key, value: Any, origin: str, label: str | None = None) -> Any:
+    """Return ``value`` converted to the key's kind, or raise ConfigError (``label`` names the key)."""
+    where = f"{origin}: {label or (f'[{key.section}] {key.name}' if key.section else key.name)}"
 
     def bad() -> ConfigError:
         return ConfigError(f"{where}: expected {key.allowed()}, got {value!r}")
@@ -79,9 +79,41 @@ def check_value(key: Key, value: Any, origin: str) -> Any:
     raise AssertionError(kind)
 
 
+def _check_entries(section: str, table: Any, origin: str) -> list[dict[str, Any]]:
+    """Validate the ``[[section]]`` entries of one file: known keys, right values, named, no repeats."""
+    if not isinstance(table, list) or not all(isinstance(e, dict) for e in table):
+        raise ConfigError(f"{origin}: {section} must be written as [[{section}]] tables (one per entry), "
+                          f"got {table!r}")
+    name_key = ARRAY_SECTIONS[section]
+    entries: list[dict[str, Any]] = []
+    seen: dict[Any, int] = {}
+    for n, entry in enumerate(table, 1):
+        label = f"[[{section}]] #{n}"
+        checked: dict[str, Any] = {}
+        for name, value in entry.items():
+            key = BY_SECTION[section].get(name)
+            if key is None:
+                known = list(BY_SECTION[section])
+                raise ConfigError(f"{origin}: unknown key {label} {name}{_suggest(name, known)}; "
+                                  f"known keys: {', '.join(known)}")
+            checked[name] = check_value(key, value, origin, f"{label} {name}")
+        if not checked.get(name_key):
+            raise ConfigError(f"{origin}: {label}: missing key {name_key} ({BY_SECTION[section][name_key].help})")
+        if checked[name_key] in seen:
+            raise ConfigError(f"{origin}: {label}: {name_key} {checked[name_key]!r} is already configured "
+                              f"by entry #{seen[checked[name_key]]}")
+        seen[checked[name_key]] = n
+        entries.append(checked)
+    return entries
+
+
 def _merge_layer(values: dict[str, dict[str, Any]], sources: dict[str, str], layer: Mapping[str, Any],
-                 origin: str) -> None:
-    """Validate one parsed TOML document and apply it over ``values``."""
+                 origin: str, arrays: dict[str, list[dict[str, Any]]] | None = None) -> None:
+    """Validate one parsed TOML document and apply it over ``values``.
+
+    With ``arrays`` (a file layer) array sections must be ``[[section]]`` entries, which replace
+    those of earlier files; without it (the environment) they are flat overrides for every entry.
+    """
     top_names = {k.name for k in TOP_LEVEL}
     for section, table in layer.items():
         if section in top_names:
@@ -89,6 +121,9 @@ def _merge_layer(values: dict[str, dict[str, Any]], sources: dict[str, str], lay
         if section not in BY_SECTION:
             raise ConfigError(f"{origin}: unknown section [{section}]{_suggest(section, list(SECTIONS))}; "
                               f"known sections: {', '.join(SECTIONS)}")
+        if section in ARRAY_SECTIONS and arrays is not None:
+            arrays[section] = _check_entries(section, table, origin)
+            continue
         if not isinstance(table, dict):
             raise ConfigError(f"{origin}: [{section}] must be a table, got {table!r}")
         for name, value in table.items():
@@ -179,6 +214,7 @@ def load_config(config_file: str | os.PathLike[str] | None = None, *, board: str
     env = os.environ if environ is None else environ
     values = {s: {k: copy.deepcopy(key.default) for k, key in BY_SECTION[s].items()} for s in SECTIONS}
     sources: dict[str, str] = {k.dotted: "default" for k in KEYS}
+    arrays: dict[str, list[dict[str, Any]]] = {}
 
     path: Path | None = None
     if config_file:
@@ -195,9 +231,9 @@ def load_config(config_file: str | os.PathLike[str] | None = None, *, board: str
     board_name = board or env.get("EDGEBOT_BOARD") or file_board or detect_board()
     if board_name:
         bfile = board_file(board_name)
-        _merge_layer(values, sources, read_toml(bfile), str(bfile))
+        _merge_layer(values, sources, read_toml(bfile), str(bfile), arrays)
     if path:
-        _merge_layer(values, sources, file_layer, str(path))
+        _merge_layer(values, sources, file_layer, str(path), arrays)
     _merge_layer(values, sources, _env_layer(env), "environment")
     if env.get("EDGEBOT_SOCKET"):
         values["bus"]["socket"] = check_value(BY_SECTION["bus"]["socket"], env["EDGEBOT_SOCKET"], "environment EDGEBOT_SOCKET")
@@ -209,4 +245,4 @@ def load_config(config_file: str | os.PathLike[str] | None = None, *, board: str
         key = BY_SECTION[section][name]
         values[section][name] = check_value(key, value, "command line")
         sources[dotted] = "command line"
-    return Config(values=values, sources=sources, board=board_name)
+    return Config(values=values, sources=sources, board=board_name, arrays=arrays)

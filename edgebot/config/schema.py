@@ -166,7 +166,29 @@ KEYS: tuple[Key, ...] = (
         "empty = all CPUs."),
     # [daemon]
     Key("daemon", "watchdog", "bool", True, "Send WATCHDOG=1 when systemd asks for it (WATCHDOG_USEC)."),
+    # [[serial]]: one table per microcontroller port (an array section, see ARRAY_SECTIONS)
+    Key("serial", "port", "path", "", "Serial device; prefer a stable /dev/serial/by-id/... path. Required in each entry."),
+    Key("serial", "baud", "int", 115200, "Line speed.", "bits/s", 300, 4_000_000),
+    Key("serial", "checksum", "str", "required", "Whether lines from the board must end in *HH "
+        "(optional: for a person typing in a serial monitor).", choices=("required", "optional")),
+    Key("serial", "window", "int", 1, "Answer chunks sent before the board must acknowledge one.", "chunks", 1, 8),
+    Key("serial", "chunk_bytes", "int", 48, "Most answer text in one A line.", "bytes", 4, 48),
+    Key("serial", "flush_s", "float", 0.05, "Text ending at a word boundary is sent after waiting this long, "
+        "without waiting for a full chunk.", "seconds", 0.0, 5.0),
+    Key("serial", "timeout_s", "float", 1.0, "Resend an unacknowledged chunk after this; give up after 3 sends.",
+        "seconds", 0.05, 60.0),
+    Key("serial", "hello_timeout_s", "float", 3.0, "After opening the port, wait this long for the board's HELLO "
+        "(it may be resetting) before sending ours.", "seconds", 0.0, 60.0),
+    Key("serial", "ascii", "bool", False, "Transliterate answers to ASCII for character LCDs without UTF-8."),
+    Key("serial", "session", "str", "", "Conversation (history) name; empty = serial:<port name>."),
+    Key("serial", "think_budget", "int", -1, "Thinking tokens for this port; -1 = [llm] think_budget.serial.",
+        "tokens", -1, 131072),
 )
+
+ARRAY_SECTIONS: dict[str, str] = {"serial": "port"}
+"""Sections written as arrays of tables (``[[serial]]``), each mapped to the key that names an entry.
+An entry's keys are layered like any other (defaults, board, file entry, environment, command line);
+the environment and command line apply to the one entry a process serves."""
 
 TOP_LEVEL: tuple[Key, ...] = (
     Key("", "board", "str", "", "Board profile to layer under this file (rpi4, rpi5, rk3588, generic-x86); empty = detect."),
@@ -185,9 +207,19 @@ class Config:
     values: dict[str, dict[str, Any]]
     sources: dict[str, str] = field(default_factory=dict)
     board: str = ""
+    arrays: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """The entries of each array section as written in the file (only the keys given)."""
 
     def get(self, section: str, name: str) -> Any:
         return self.values[section][name]
+
+    def entries(self, section: str) -> list[dict[str, Any]]:
+        """Every ``[[section]]`` entry with all keys: defaults and board below it, environment and
+        command line above it."""
+        above = {n for n in self.values[section]
+                 if self.sources.get(f"{section}.{n}") in ("environment", "command line")}
+        return [{**self.values[section], **{k: v for k, v in entry.items() if k not in above}}
+                for entry in self.arrays.get(section, [])]
 
     def section(self, section: str) -> dict[str, Any]:
         return dict(self.values[section])
@@ -201,7 +233,8 @@ def render_markdown() -> str:
     """The key reference for ``docs/configuration.md``."""
     lines: list[str] = []
     for section in SECTIONS:
-        lines += [f"### [{section}]", "", "| key | type | default | unit | meaning | env |", "|---|---|---|---|---|---|"]
+        title = f"[[{section}]] (one table per entry)" if section in ARRAY_SECTIONS else f"[{section}]"
+        lines += [f"### {title}", "", "| key | type | default | unit | meaning | env |", "|---|---|---|---|---|---|"]
         for k in BY_SECTION[section].values():
             default = repr(k.default) if not isinstance(k.default, bool) else str(k.default).lower()
             lines.append(f"| `{k.name}` | {k.kind} | `{default}` | {k.unit} | {k.help} | `{k.env_name}` |")
