@@ -49,8 +49,15 @@ async def cmd_ask(client: BusClient, args: argparse.Namespace) -> int:
     await client.send(m.Ask(id=ask_id, text=question, session=session, source="cli",
                             think="show" if args.think else "hide", max_tokens=args.max_tokens))
     interrupted = asyncio.Event()
+
+    def on_sigint() -> None:
+        if interrupted.is_set():  # a second Ctrl-C: do not wait for the daemon any longer
+            sys.stdout.flush()
+            os._exit(EXIT_INTERRUPTED)
+        interrupted.set()
+
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, interrupted.set)
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
     cancel_sent = False
     wrote_answer = wrote_think = False
     while True:

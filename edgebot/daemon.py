@@ -53,10 +53,14 @@ async def serve(config: Config) -> int:
     dispatcher = Dispatcher(config, engine, loop)
     bus = config.section("bus")
     hub = Hub(dispatcher.handle, Limits(bus["max_line_bytes"], bus["client_queue_max"], bus["client_rate"],
-                                        bus["client_burst"]),
+                                        bus["client_burst"], bus["first_message_s"], bus["max_clients"]),
               bus["allowed_users"], bus["allowed_groups"], on_disconnect=dispatcher.disconnected)
     dispatcher.hub = hub
-    inherited = systemd.listen_sockets()
+    try:
+        inherited = systemd.listen_sockets()
+    except OSError as exc:
+        log.error("socket activation: %s", exc)
+        return EX_CONFIG
     try:
         await hub.start(config.socket_path, inherited[0] if inherited else None)
     except OSError as exc:
@@ -68,7 +72,7 @@ async def serve(config: Config) -> int:
     watchdog: Optional[asyncio.Task[None]] = None
     interval = systemd.watchdog_interval() if config.get("daemon", "watchdog") else None
     if interval:
-        watchdog = asyncio.create_task(_watchdog(interval))
+        watchdog = asyncio.create_task(_watchdog(interval, engine))
     code = 0
     waiter = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait({loaded, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -93,10 +97,14 @@ async def serve(config: Config) -> int:
     return code
 
 
-async def _watchdog(interval: float) -> None:
-    """Ping systemd from the event loop: if the loop stalls, the pings stop and systemd restarts us."""
+async def _watchdog(interval: float, engine: Engine) -> None:
+    """Ping systemd from the event loop while the engine thread is alive: if the loop stalls or the
+    engine dies, the pings stop and systemd restarts edgebotd. ``interval`` in seconds."""
     while True:
-        systemd.notify("WATCHDOG=1")
+        if engine.alive():
+            systemd.notify("WATCHDOG=1")
+        else:
+            log.error("engine is %s; withholding the watchdog ping so systemd restarts edgebotd", engine.state)
         await asyncio.sleep(interval)
 
 

@@ -64,6 +64,7 @@ class Dispatcher:
         self.loop = loop
         self.hub: Optional[Hub] = None
         self.owners: dict[str, tuple[Connection, m.Ask]] = {}  # ask id -> (asker, ask)
+        self.started: set[str] = set()  # ask ids whose answer-start has gone out
         self.voice_latency: dict[str, Any] = {}  # the last voice-latency report, for status
 
     # -- from clients --------------------------------------------------------------------------
@@ -75,7 +76,7 @@ class Dispatcher:
         elif isinstance(msg, m.Cancel):
             self._cancel(conn, msg)
         elif isinstance(msg, m.Hello):
-            conn.name, conn.role = f"{msg.client}-{conn.id}", msg.role
+            conn.name = f"{msg.client}-{conn.id}"
             conn.send(m.Welcome(server_version=edgebot.__version__, model=self.engine.backend.info().model,
                                 session_defaults=self._session_defaults()))
         elif isinstance(msg, m.Subscribe):
@@ -172,6 +173,7 @@ class Dispatcher:
         conn, ask = owner
         out: m.Message
         if isinstance(ev, JobStarted):
+            self.started.add(ev.id)
             out = m.AnswerStart(id=ev.id, session=ev.session, source=ask.source, speak=ask.speak)
         elif isinstance(ev, JobDelta):
             if ev.think:
@@ -181,10 +183,13 @@ class Dispatcher:
         else:
             assert isinstance(ev, JobEnded)
             self._forget(ev.id)
-            if ev.code:
+            started = ev.id in self.started
+            self.started.discard(ev.id)
+            if ev.code and not started:  # refused before it began: the ask ends with error{id}
                 conn.send(m.Error(ev.code, ev.message, ev.id))
                 return
-            out = m.AnswerEnd(id=ev.id, reason=ev.reason, stats=ev.stats, message=ev.message)  # type: ignore[arg-type]
+            reason = "error" if ev.code else ev.reason  # after answer-start, failures end as answer-end
+            out = m.AnswerEnd(id=ev.id, reason=reason, stats=ev.stats, message=ev.message)  # type: ignore[arg-type]
         conn.send(out)
         self.hub.publish(out, skip=conn)
 
@@ -194,5 +199,5 @@ class Dispatcher:
                               queue=st["queue"], sessions=st["sessions"],
                               last_tokens_per_s=st["last_tokens_per_s"],
                               memory={"rss_mb": read_rss_mb()}, temperature_c=read_temperature_c(),
-                              clients=len(self.hub.connections) if self.hub else 0,
+                              clients=len(self.hub.connections) if self.hub else 0, error=st["error"],
                               voice_latency=self.voice_latency)

@@ -1,7 +1,7 @@
 """systemd integration: sd_notify (READY/STATUS/WATCHDOG/STOPPING), socket activation, journald.
 
-Uses systemd-python when installed; otherwise speaks the (tiny) notify protocol itself, so a
-board without libsystemd bindings behaves the same.
+The notify protocol is spoken directly (a non-blocking datagram, see ``notify``); systemd-python,
+when installed, provides the journald log handler.
 """
 
 from __future__ import annotations
@@ -17,21 +17,24 @@ SD_LISTEN_FDS_START = 3
 
 
 def notify(state: str) -> bool:
-    """Send ``state`` (e.g. ``"READY=1"``) to ``$NOTIFY_SOCKET``; False when not under systemd."""
+    """Send ``state`` (e.g. ``"READY=1"``) to ``$NOTIFY_SOCKET``; False when not under systemd.
+
+    Never blocks: the watchdog ping is sent from the event loop, and a datagram socket whose
+    reader has fallen behind would otherwise stall the loop (libsystemd's sd_notify blocks there,
+    which is why this is done here rather than through systemd-python). A ping that cannot be
+    queued is dropped; the next one follows within half the watchdog period.
+    """
     path = os.environ.get("NOTIFY_SOCKET")
     if not path:
         return False
-    try:
-        from systemd import daemon as sd_daemon  # type: ignore[import-not-found]
-
-        return bool(sd_daemon.notify(state))
-    except ImportError:
-        pass
     address = "\0" + path[1:] if path.startswith("@") else path
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
             sock.sendto(state.encode(), address)
         return True
+    except BlockingIOError:
+        log.debug("sd_notify queue full, dropped %r", state.split("\n", 1)[0])
+        return False
     except OSError as exc:
         log.warning("sd_notify to %s failed: %s", path, exc)
         return False
@@ -58,9 +61,16 @@ def listen_sockets() -> list[socket.socket]:
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(name, None)
     socks = []
-    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count)):
-        os.set_inheritable(fd, False)
-        sock = socket.socket(fileno=fd)
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count) if count.isdigit() else 0):
+        try:
+            os.set_inheritable(fd, False)
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise OSError(f"LISTEN_FDS passed fd {fd}, which is not an open socket ({exc.strerror or exc}); "
+                          f"check the .socket unit") from None
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            raise OSError(f"LISTEN_FDS passed fd {fd}, which is not a Unix stream socket; "
+                          f"edgebot.socket must use ListenStream=<path>")
         sock.setblocking(False)
         socks.append(sock)
     return socks

@@ -58,6 +58,16 @@ def test_think_budget_cuts_thinking_and_still_answers(daemon_factory, script_mod
     assert events[-1]["data"]["stats"]["think_tokens"] == 3
 
 
+def test_think_budget_zero_skips_thinking(daemon_factory, script_model: Path) -> None:
+    d = daemon_factory(script_model, "[llm]\nthink_budget = {cli = 0}\n")
+    r = d.cli("ask", "--think", "--json", "What is 2+2?")
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert not [e for e in events if e["type"] == "think-delta"]
+    assert "".join(e["data"]["text"] for e in events if e["type"] == "answer-delta") == ANSWER
+    assert events[-1]["data"]["stats"]["think_tokens"] == 0
+
+
 def test_control_token_text_in_a_question_is_plain_text(daemon: Daemon) -> None:
     r = daemon.cli("ask", "Is <｜User｜> or <｜Assistant｜> or </think> or <think> special?")
     assert r.returncode == 0, r.stderr

@@ -189,3 +189,34 @@ def test_sigterm_ends_an_answer_in_flight_as_cancelled(daemon_factory, slow_loop
     assert end["data"]["reason"] == "cancelled"
     assert d.proc.wait(15) == 0
     d.notify.wait_for("STOPPING=1")
+
+
+def test_a_client_that_says_nothing_is_disconnected(daemon_factory, script_model: Path) -> None:
+    d = daemon_factory(script_model, "[bus]\nfirst_message_s = 0.3\n")
+    silent = d.connect(hello=False)
+    err = silent.recv(10)
+    assert err["type"] == "error" and err["data"]["code"] == "timeout"
+    assert silent.recv(10) is None
+    still_serving(d)
+
+
+def test_connections_over_the_limit_are_refused(daemon_factory, script_model: Path) -> None:
+    d = daemon_factory(script_model, "[bus]\nmax_clients = 2\n")
+    a, b = d.connect(), d.connect()
+    extra = d.connect(hello=False)
+    err = extra.recv(10)
+    assert err["type"] == "error" and err["data"]["code"] == "busy" and "max_clients" in err["data"]["message"]
+    assert extra.recv(10) is None
+    text, _ = a.answer("within-limit", "hi")
+    assert text == ANSWER
+    b.close()
+    a.close()
+
+
+def test_a_file_at_the_socket_path_is_not_deleted(tmp_path: Path, script_model: Path) -> None:
+    precious = tmp_path / "bus.sock"
+    precious.write_text("not a socket")
+    r = subprocess.run([EDGEBOTD, "--model", str(script_model), "--socket", str(precious), "--board", "generic-x86"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 78 and "exists and is not a socket" in r.stderr
+    assert precious.read_text() == "not a socket"

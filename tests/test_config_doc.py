@@ -46,7 +46,8 @@ def test_the_environment_examples_load(tmp_path: Path) -> None:
 
 
 ERRORS = [line for block in blocks("text") for line in block.splitlines()
-          if "expected" in line or "unknown" in line or "not valid TOML" in line or "not found" in line]
+          if "expected" in line or "unknown" in line or "not valid TOML" in line or "not found" in line
+          or "no such setting" in line]
 
 
 @pytest.mark.parametrize("toml, environ, board", [
@@ -57,6 +58,7 @@ ERRORS = [line for block in blocks("text") for line in block.splitlines()
     ("[llm\n", {}, "generic-x86"),
     ("", {"EDGEBOT_LLM_N_CTX": "lots"}, "generic-x86"),
     ("", {"EDGEBOT_LLM_N_CTX": "64"}, "generic-x86"),
+    ("", {"EDGEBOT_LLM_N_CXT": "2048"}, "generic-x86"),
     ("", {}, "rpi6"),
 ])
 def test_quoted_error_messages_are_real(tmp_path: Path, toml: str, environ: dict, board: str) -> None:

@@ -106,14 +106,18 @@ class Supervisor:
         for task in (work, session, stop):
             task.cancel()
         await asyncio.gather(work, session, stop, return_exceptions=True)
-        if work in done and not work.cancelled() and work.exception():
-            log.error("%s stopped: %s", self.bridge.client_name, work.exception())
+        failure = next((t.exception() for t in (work, session) if t in done and not t.cancelled()
+                        and t.exception() is not None), None)
+        if failure is None and work in done and not stop.done():
+            failure = RuntimeError(f"{self.bridge.client_name} stopped by itself")
+        if failure is not None:
+            log.error("%s failed: %r", self.bridge.client_name, failure, exc_info=failure)
         if self.link.client is not None:
             await self.link.client.close()
             self.link._set(None)
         await self.bridge.close()
-        if work in done and not work.cancelled() and work.exception():
-            raise work.exception()  # type: ignore[misc]
+        if failure is not None:
+            raise failure
 
     async def _connect_loop(self) -> None:
         delay = self.backoff_initial

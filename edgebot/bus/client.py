@@ -71,6 +71,8 @@ class BusClient:
             line = await self.reader.readline()
         except (ConnectionError, OSError):
             return None
+        except (asyncio.LimitOverrunError, ValueError):
+            return Error("line-too-long", f"edgebotd sent a line over {codec.MAX_LINE_BYTES} bytes; it was skipped")
         if not line:
             return None
         try:

@@ -176,7 +176,8 @@ ERROR_HELP: dict[str, tuple[str, bool]] = {
     "line-too-long": ("A line exceeded `[bus] max_line_bytes`.", True),
     "flood": ("The client sent more lines than `[bus] client_rate` and `client_burst` allow.", True),
     "busy": ("The engine's queue is full (`[engine] queue_max` waiting), or this client already has "
-             "`[bus] max_inflight` unfinished asks. Try again later.", False),
+             "`[bus] max_inflight` unfinished asks (try again later); or, as the first thing after "
+             "connecting, `[bus] max_clients` connections are already open (then the connection closes).", False),
     "duplicate-id": ("An answer with this `id` is still in progress.", False),
     "not-found": ("`cancel` matched no queued or running answer and no subscriber received it; or `say` "
                   "found no subscriber (no speech-out).", False),
@@ -185,6 +186,7 @@ ERROR_HELP: dict[str, tuple[str, bool]] = {
     "not-ready": ("The model is still loading (or failed to load).", False),
     "forbidden": ("The peer's uid is not allowed on the bus (sent first thing after connecting).", True),
     "not-allowed": ("The client sent a type that only edgebotd sends.", False),
+    "timeout": ("The client sent nothing within `[bus] first_message_s` of connecting.", True),
     "internal": ("A bug in edgebotd while handling a message or generating an answer; the log has the "
                  "traceback.", False),
 }

@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Optional
@@ -25,12 +26,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Limits:
-    """Per-client limits: line length in bytes, outbox in events, rate in messages/s."""
+    """Per-client limits: line length in bytes, outbox in events, rate in messages/s, the first
+    message within ``first_message_s`` seconds, at most ``max_clients`` connections."""
 
     max_line_bytes: int = 1 << 20
     queue_max: int = 1024
     rate: float = 200.0
     burst: int = 1000
+    first_message_s: float = 10.0
+    max_clients: int = 64
+
+
+MERGE_LIMIT = 64 * 1024  # characters: a merged delta never grows past this, so lines stay far below the limit
 
 
 class Connection:
@@ -46,7 +53,6 @@ class Connection:
         self.writer = writer
         self.peer = peer
         self.name = f"client-{self.id}"
-        self.role = "client"
         self.subscriptions: set[str] = set()
         self.inflight: set[str] = set()
         self.closed = False
@@ -63,7 +69,8 @@ class Connection:
         if self.closed:
             return
         last = self._outbox[-1] if self._outbox else None
-        if isinstance(msg, (AnswerDelta, ThinkDelta)) and type(last) is type(msg) and last.id == msg.id:  # type: ignore[union-attr]
+        if isinstance(msg, (AnswerDelta, ThinkDelta)) and type(last) is type(msg) and last.id == msg.id \
+                and len(last.text) < MERGE_LIMIT:  # type: ignore[union-attr]
             last.text += msg.text  # type: ignore[union-attr]
         else:
             if len(self._outbox) >= self.hub.limits.queue_max:
@@ -133,7 +140,9 @@ class Hub:
         self.on_disconnect = on_disconnect
         self.connections: set[Connection] = set()
         self._server: Optional[asyncio.AbstractServer] = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.path: Optional[str] = None
+        self._owns_path = False  # True when we bound the socket (never unlink one systemd passed us)
 
     async def start(self, path: str, inherited: Optional[socket.socket] = None) -> None:
         """Serve on ``inherited`` (socket activation) or bind ``path`` (mode 0660)."""
@@ -153,6 +162,7 @@ class Hub:
         os.chmod(path, 0o660)
         _chgrp_edgebot(path)
         self.path = path
+        self._owns_path = True
         log.info("bus on %s", path)
 
     def publish(self, msg: Message, skip: Optional[Connection] = None) -> int:
@@ -165,19 +175,28 @@ class Hub:
         return n
 
     async def close(self) -> None:
-        for conn in list(self.connections):
-            await conn.flush(0.5)
-            conn.close()
+        """Stop accepting, deliver what is queued (0.5 s at most), close every client."""
         if self._server is not None:
             self._server.close()
+        conns = list(self.connections)
+        await asyncio.gather(*(c.flush(0.5) for c in conns))
+        for conn in conns:
+            conn.close()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
+        if self._server is not None:
             await self._server.wait_closed()
-        if self.path and os.path.exists(self.path) and not os.environ.get("EDGEBOT_KEEP_SOCKET"):
+        if self._owns_path and self.path:
             try:
                 os.unlink(self.path)
             except OSError:
                 pass
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         peer = read_peercred(writer.get_extra_info("socket"))
         conn = Connection(self, reader, writer, peer)
         writer_task = asyncio.create_task(conn.write_loop())
@@ -185,6 +204,13 @@ class Hub:
             log.warning("refused bus client uid=%d gid=%d pid=%d", peer.uid, peer.gid, peer.pid)
             conn.send(Error("forbidden", f"uid {peer.uid} is not allowed on this bus; add the user to the "
                                          f"'edgebot' group or to [bus] allowed_users"))
+            await conn.flush()
+            conn.close()
+            await writer_task
+            return
+        if len(self.connections) >= self.limits.max_clients:
+            log.warning("refused bus client pid=%d: %d clients already", peer.pid, len(self.connections))
+            conn.send(Error("busy", f"edgebotd already serves {len(self.connections)} clients ([bus] max_clients)"))
             await conn.flush()
             conn.close()
             await writer_task
@@ -200,9 +226,18 @@ class Hub:
             writer_task.cancel()
 
     async def _read_loop(self, conn: Connection) -> None:
+        first = True
         while not conn.closed:
             try:
-                line = await conn.reader.readline()
+                if first:
+                    line = await asyncio.wait_for(conn.reader.readline(), self.limits.first_message_s)
+                    first = False
+                else:
+                    line = await conn.reader.readline()
+            except asyncio.TimeoutError:
+                conn.send(Error("timeout", f"no message within {self.limits.first_message_s:g} s of connecting; "
+                                           f"closing the connection (send hello first)"))
+                return
             except (asyncio.LimitOverrunError, ValueError):
                 conn.send(Error("line-too-long", f"a line exceeded {self.limits.max_line_bytes} bytes; "
                                                  f"closing the connection"))
@@ -229,11 +264,15 @@ class Hub:
 
 
 def prepare_socket_path(path: str) -> None:
-    """Create the socket's directory; remove a stale socket, refuse a live one."""
+    """Create the socket's directory; remove a stale socket, refuse a live one or a non-socket."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, mode=0o755, exist_ok=True)
-    if not os.path.exists(path):
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
         return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(f"{path} exists and is not a socket; remove it or use another --socket")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:

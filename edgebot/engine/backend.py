@@ -9,24 +9,21 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
 from edgebot.engine.prompt import Turn
 
 StopReason = Literal["stop", "length", "cancelled"]
 
-# Called with each decoded text piece; returns text to inject into the stream after it (e.g.
-# "</think>\n\n" when the think budget is spent), or None.
+# Called once per generated token with its decoded text ("" while a UTF-8 character is still
+# incomplete); returns text to inject into the stream after it (e.g. "\n</think>" when the think
+# budget is spent), or None.
 PieceCallback = Callable[[str], Optional[str]]
 
 
 class ModelError(Exception):
     """The model cannot be loaded; the message names the file and how to fix it."""
-
-
-class PromptTooLong(Exception):
-    """A prompt that cannot fit the context window even without history."""
 
 
 @dataclass(frozen=True)
@@ -53,8 +50,6 @@ class GenerationResult:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
-    injected_tokens: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -77,6 +72,10 @@ class Backend(ABC):
     @abstractmethod
     def prepare(self, turns: list[Turn], question: Optional[str], persona: str = "") -> PreparedPrompt:
         """Render and tokenize; ``question=None`` renders the history alone (for ``prefill``)."""
+
+    @abstractmethod
+    def extend(self, prompt: PreparedPrompt, text: str) -> PreparedPrompt:
+        """``prompt`` followed by template ``text`` (e.g. ``</think>`` to skip thinking), not thinking after it."""
 
     @abstractmethod
     def generate(self, prompt: PreparedPrompt, params: SamplingParams, max_tokens: int,

@@ -135,6 +135,11 @@ class LlamaBackend(Backend):
             segments[-1].text.rstrip().endswith("<think>")
         return PreparedPrompt(tokens=tokens, starts_thinking=ends_thinking and question is not None)
 
+    def extend(self, prompt: PreparedPrompt, text: str) -> PreparedPrompt:
+        assert self._llm is not None
+        extra = self._llm.tokenize(text.encode(), add_bos=False, special=True)
+        return PreparedPrompt(tokens=prompt.tokens + extra, starts_thinking=False)
+
     # -- the cache ---------------------------------------------------------------------------
 
     def _reuse_prefix(self, tokens: list[int]) -> int:
@@ -202,13 +207,10 @@ class LlamaBackend(Backend):
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 break
             result.completion_tokens += 1
-            text = decoder.decode(llm.detokenize([token]))
-            inject = on_piece(text) if text else None
+            inject = on_piece(decoder.decode(llm.detokenize([token])))
             feed = [token]
             if inject:
-                extra = llm.tokenize(inject.encode(), add_bos=False, special=True)
-                feed += extra[: max(0, self.n_ctx - llm.n_tokens - 1)]
-                result.injected_tokens += len(extra)
+                feed += llm.tokenize(inject.encode(), add_bos=False, special=True)
             if cancel.is_set():
                 result.reason = "cancelled"
                 break

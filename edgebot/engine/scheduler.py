@@ -80,6 +80,11 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     ended: bool = False  # its JobEnded has been sent
 
+    @property
+    def label(self) -> str:
+        """The session name reported for this job: its session, or ``<source>:<id>`` for a one-off."""
+        return self.session or f"{self.source}:{self.id}"
+
     def end(self, event: "JobEnded") -> None:
         """Send the one final event of this job."""
         self.ended = True
@@ -123,6 +128,8 @@ class Engine:
 
     def submit(self, job: Job) -> None:
         with self._cond:
+            if self._stopping:
+                raise EngineNotReady("edgebotd is shutting down")
             if self.state != "ready":
                 raise EngineNotReady(self.error or f"the model is {self.state}")
             if len(self._queue) >= self.settings.queue_max:
@@ -135,9 +142,10 @@ class Engine:
         return self._cancel_where(lambda j: j.id == job_id) > 0
 
     def cancel_session(self, session: str) -> int:
-        return self._cancel_where(lambda j: j.session == session)
+        """Cancel every job of a session (a one-off job answers to its ``label``)."""
+        return self._cancel_where(lambda j: j.label == session)
 
-    def _cancel_where(self, match: Callable[[Job], bool]) -> int:
+    def _cancel_where(self, match: Callable[[Job], bool], reason: str = "cancelled", message: str = "") -> int:
         dropped: list[Job] = []
         with self._cond:
             keep = []
@@ -154,11 +162,16 @@ class Engine:
             if current is not None:
                 current.cancel.set()
         for job in dropped:
-            job.end(JobEnded(job.id, "cancelled", self._stats(job)))
+            job.end(JobEnded(job.id, reason, self._stats(job), message))
         return len(dropped) + (1 if current is not None else 0)
+
+    def alive(self) -> bool:
+        """True while the worker thread runs and the model is usable (the watchdog's condition)."""
+        return self._thread.is_alive() and self.state in ("loading", "ready")
 
     def status(self) -> dict[str, Any]:
         with self._cond:
+            self.sessions.expire()
             return {"state": self.state, "error": self.error, "model": self.backend.info().model,
                     "queue": {"waiting": len(self._queue), "max": self.settings.queue_max,
                               "running": self._current.id if self._current else None,
@@ -167,11 +180,11 @@ class Engine:
                     "sessions": self.sessions.snapshot(), "last_tokens_per_s": self.last_tokens_per_s}
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Cancel everything (queued and running jobs end ``cancelled``) and stop the thread."""
-        self._cancel_where(lambda j: True)
+        """Refuse new jobs, cancel everything (queued and running jobs end ``cancelled``), stop the thread."""
         with self._cond:
             self._stopping = True
             self._cond.notify()
+        self._cancel_where(lambda j: True)
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -195,6 +208,17 @@ class Engine:
             self._set_state("failed", f"model load failed: {exc}")
             return
         self._set_state("ready", "ready")
+        try:
+            self._serve_jobs()
+        except Exception as exc:  # noqa: BLE001 - the engine must never vanish silently
+            log.exception("engine worker failed")
+            self._set_state("failed", f"engine worker failed: {exc}")
+            self._cancel_where(lambda j: True, "error", f"the engine failed: {exc}")
+            return
+        self.backend.close()
+        self._set_state("stopped")
+
+    def _serve_jobs(self) -> None:
         while True:
             with self._cond:
                 while not self._queue and not self._stopping and self._rebase is None:
@@ -211,6 +235,8 @@ class Engine:
             if job is None:
                 try:
                     self._prefill_history(rebase)
+                except Exception:  # noqa: BLE001 - a failed re-base only costs speed
+                    log.exception("re-basing the cache on session %s failed", rebase)
                 finally:
                     with self._cond:
                         self._rebasing = False
@@ -223,8 +249,6 @@ class Engine:
             finally:
                 with self._cond:
                     self._current = None
-        self.backend.close()
-        self._set_state("stopped")
 
     def _prefill_history(self, name: Optional[str]) -> None:
         """Re-base the KV cache on a session's canonical history while idle."""
@@ -267,7 +291,9 @@ class Engine:
                 del session.turns[:dropped]
                 session.trimmed_turns += dropped
             log.info("session %s: trimmed %d oldest turn(s) to fit %d tokens", job.session, dropped, n_ctx)
-        job.sink(JobStarted(job.id, job.session or f"{job.source}:{job.id}"))
+        if prompt.starts_thinking and job.think_budget <= 0:
+            prompt = self.backend.extend(prompt, BUDGET_CLOSE)  # no thinking at all: close it before it starts
+        job.sink(JobStarted(job.id, job.label))
         splitter = ThinkSplitter(prompt.starts_thinking)
         answer: list[str] = []
         marks: dict[str, float] = {}

@@ -41,9 +41,6 @@ class SessionStore:
     def peek(self, name: str) -> Session | None:
         return self._sessions.get(name)
 
-    def drop(self, name: str) -> None:
-        self._sessions.pop(name, None)
-
     def expire(self) -> list[str]:
         """Forget idle sessions; returns their names."""
         now = self.clock()
