@@ -100,8 +100,8 @@ KEYS: tuple[Key, ...] = (
     Key("engine", "answer_reserve", "int", 512,
         "Context kept free for the answer when old turns are trimmed.", "tokens", 16, 131072),
     # [bus]: the local socket
-    Key("bus", "socket", "path", "", "Unix socket of the bus; empty = /run/edgebot/bus.sock as a service, "
-        "$XDG_RUNTIME_DIR/edgebot/bus.sock otherwise."),
+    Key("bus", "socket", "path", "", "Unix socket of the bus; empty = /run/edgebot/bus.sock for root or when "
+        "it exists, $XDG_RUNTIME_DIR/edgebot/bus.sock otherwise."),
     Key("bus", "allowed_users", "list:str", [], "Users (names or uids) allowed on the bus besides root and the daemon's own user."),
     Key("bus", "allowed_groups", "list:str", ["edgebot"], "Groups whose members are allowed on the bus."),
     Key("bus", "max_line_bytes", "int", 1 << 20, "Longest accepted bus line.", "bytes", 1024, 1 << 26),
