@@ -160,23 +160,22 @@ def test_chunks_never_split_a_character_and_never_exceed_the_limit(text: str, li
     assert sp.unescape(b"".join(chunks)) == expected
 
 
-def test_chunker_timing_full_word_boundary_and_long_word() -> None:
+def test_chunker_timing_full_word_boundary_and_lone_word() -> None:
     c = sp.Chunker(flush_s=0.05)
     c.push("The answ", now=0.0)
-    assert c.take(48, now=0.01) is None            # young text waits for more
+    assert c.take(48, now=0.01) is None            # young text waits for company
     assert c.next_ready_at() == pytest.approx(0.05)
-    assert c.take(48, now=0.05) == b"The "          # the word boundary has waited: sent, the half word stays
+    assert c.take(48, now=0.05) == b"The "          # it has waited: sent up to the word boundary
     c.push("er is", now=0.06)
-    assert c.take(48, now=0.06) == b"answer "       # 'answ' has waited and now ends in a boundary
-    assert c.take(48, now=0.2) is None              # 'is' (from 0.06) may still grow
-    assert c.take(48, now=0.31) == b"is"            # held at most 5 x flush_s
-    c2 = sp.Chunker(flush_s=0.05)
-    c2.push("Supercalifragilistic", now=0.0)
-    assert c2.take(48, now=0.1) is None             # no boundary yet
-    assert c2.take(48, now=0.25) == b"Supercalifragilistic"  # held at most 5 x flush_s
+    assert c.next_ready_at() == pytest.approx(0.05)  # 'answ' is still the oldest text
+    assert c.take(48, now=0.06) == b"answer "       # ... and now ends in a boundary
+    assert c.take(48, now=0.1) is None              # 'is' (from 0.06) is young
+    assert c.take(48, now=0.11) == b"is"            # a lone word is not held for the next token
+    assert c.take(48, now=1.0) is None and c.next_ready_at() is None
     c3 = sp.Chunker(flush_s=10.0)
     c3.push("x" * 60, now=0.0)
     assert c3.take(48, now=0.0) == b"x" * 48         # a full chunk goes at once
+    assert c3.take(48, now=0.0, final=True) == b"x" * 12  # the end of the answer flushes the rest
 
 
 # -- pacing ------------------------------------------------------------------------------------

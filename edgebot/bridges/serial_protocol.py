@@ -343,9 +343,10 @@ def unescape(text: bytes) -> str:
 class Chunker:
     """Answer text waiting to be sent, cut into chunks of whole units.
 
-    A chunk is ready when ``limit`` bytes are waiting, or when text ending at a word boundary has
-    waited ``flush_s`` seconds, or when anything has waited ``5 * flush_s`` (a long word on a slow
-    model), or when the answer is complete.
+    A chunk is ready when ``limit`` bytes are waiting (sent at once), when the answer is complete,
+    or when the oldest waiting text has waited ``flush_s`` seconds: then it goes up to the last
+    word boundary, or whole when it holds none (a lone word is never held for the next token).
+    So no text waits much longer than ``flush_s`` for company, and never for 48 bytes to pile up.
     """
 
     def __init__(self, flush_s: float, ascii_only: bool = False) -> None:
@@ -383,10 +384,10 @@ class Chunker:
             return None
         n = 0
         age = now - self._units[0][2] + 1e-6  # slack: a wake-up exactly at the deadline counts
-        if self.pending_bytes >= limit or final or age >= 5 * self.flush_s:
+        if self.pending_bytes >= limit or final:
             n = self._cut(limit, boundary_only=False)
         elif age >= self.flush_s:
-            n = self._cut(limit, boundary_only=True)
+            n = self._cut(limit, boundary_only=True) or self._cut(limit, boundary_only=False)
         if n == 0:
             return None
         chunk = b"".join(u[0] for u in self._units[:n])
@@ -396,8 +397,4 @@ class Chunker:
 
     def next_ready_at(self) -> Optional[float]:
         """When (seconds, same clock as ``now``) a partial chunk may become ready, or None."""
-        if not self._units:
-            return None
-        first = self._units[0][2]
-        has_boundary = any(u[1] for u in self._units)
-        return first + (self.flush_s if has_boundary else 5 * self.flush_s)
+        return self._units[0][2] + self.flush_s if self._units else None

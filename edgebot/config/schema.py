@@ -180,8 +180,8 @@ KEYS: tuple[Key, ...] = (
         "(optional: for a person typing in a serial monitor).", choices=("required", "optional")),
     Key("serial", "window", "int", 1, "Answer chunks sent before the board must acknowledge one.", "chunks", 1, 8),
     Key("serial", "chunk_bytes", "int", 48, "Most answer text in one A line.", "bytes", 4, 48),
-    Key("serial", "flush_s", "float", 0.05, "Text ending at a word boundary is sent after waiting this long, "
-        "without waiting for a full chunk.", "seconds", 0.0, 5.0),
+    Key("serial", "flush_s", "float", 0.05, "Answer text that has waited this long is sent (up to a word "
+        "boundary) without waiting for a full chunk.", "seconds", 0.0, 5.0),
     Key("serial", "timeout_s", "float", 1.0, "Resend an unacknowledged chunk after this; give up after 3 sends.",
         "seconds", 0.05, 60.0),
     Key("serial", "hello_timeout_s", "float", 3.0, "After opening the port, wait this long for the board's HELLO "
