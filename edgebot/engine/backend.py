@@ -36,10 +36,21 @@ class SamplingParams:
 
 @dataclass
 class PreparedPrompt:
-    """A rendered, tokenized prompt. ``starts_thinking``: the prompt ends with ``<think>``."""
+    """A rendered, tokenized prompt. ``starts_thinking``: the prompt ends with ``<think>``.
+
+    Backends whose runtime tokenizes by itself (RKLLM takes text) leave ``tokens`` empty and set
+    ``text`` (the rendered prompt) and ``count`` (their estimate of its length in tokens).
+    """
 
     tokens: list[int]
     starts_thinking: bool
+    text: Optional[str] = None
+    count: Optional[int] = None
+
+    @property
+    def n_tokens(self) -> int:
+        """The prompt's length in tokens (an estimate when the backend does not tokenize)."""
+        return self.count if self.count is not None else len(self.tokens)
 
 
 @dataclass

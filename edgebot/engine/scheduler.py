@@ -268,7 +268,7 @@ class Engine:
         dropped = 0
         while True:
             prompt = self.backend.prepare(turns[dropped:], job.text, self.settings.persona)
-            if len(prompt.tokens) + reserve <= n_ctx or dropped == len(turns):
+            if prompt.n_tokens + reserve <= n_ctx or dropped == len(turns):
                 return prompt, dropped
             dropped += 1
 
@@ -281,9 +281,9 @@ class Engine:
             turns = list(session.turns) if session else []
         prompt, dropped = self._fit(job, turns)
         n_ctx = self.backend.info().n_ctx
-        if len(prompt.tokens) >= n_ctx - 1:
+        if prompt.n_tokens >= n_ctx - 1:
             job.end(JobEnded(job.id, "error", self._stats(job),
-                              f"the question is {len(prompt.tokens)} tokens but the context holds {n_ctx}; "
+                              f"the question is {prompt.n_tokens} tokens but the context holds {n_ctx}; "
                               f"ask something shorter", "too-long"))
             return
         if dropped and session is not None:
