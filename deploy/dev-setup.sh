@@ -8,7 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-EXTRAS=${EDGEBOT_EXTRAS:-dev,serial}  # serial: pyserial for edgebot-serial and its pty tests
+EXTRAS=${EDGEBOT_EXTRAS:-dev,serial,voice,tts,voice-models}  # serial: pyserial for edgebot-serial and its pty tests
+# voice, tts, voice-models: sounddevice, vosk, Silero VAD, piper (GPL-3.0, dev/test only here) and the
+# two small PyPI models the voice tests use; without them the voice tests skip (under CI they fail)
 
 if [ ! -x .venv/bin/python ]; then
     echo "dev-setup: creating .venv with $($PYTHON --version)"
