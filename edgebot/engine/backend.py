@@ -1,4 +1,4 @@
-"""The interface every inference backend implements (llama.cpp now, RKLLM/remote later).
+"""The interface every inference backend implements (llama.cpp, a remote OpenAI-compatible server).
 
 The scheduler owns queueing, sessions, the think splitter and stats; a backend only turns a
 conversation into tokens and streams text pieces for it. All methods except ``load`` and
@@ -14,7 +14,7 @@ from typing import Callable, Literal, Optional
 
 from edgebot.engine.prompt import Turn
 
-StopReason = Literal["stop", "length", "cancelled"]
+StopReason = Literal["stop", "length", "cancelled", "error"]
 
 # Called once per generated token with its decoded text ("" while a UTF-8 character is still
 # incomplete); returns text to inject into the stream after it (e.g. "\n</think>" when the think
@@ -28,10 +28,15 @@ class ModelError(Exception):
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """How tokens are drawn. ``json_schema`` (JSON text of a JSON Schema) constrains the *answer*
+    (what follows the thinking) to a document valid against it: a grammar for llama.cpp, the
+    ``response_format`` for a remote server."""
+
     temperature: float = 0.6
     top_p: float = 0.95
     top_k: int = 40
     seed: int = -1
+    json_schema: Optional[str] = None
 
 
 @dataclass
@@ -61,6 +66,10 @@ class GenerationResult:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
+    backend: str = ""
+    """Which backend produced the answer when that can vary (``remote`` or ``local``); "" = the only one."""
+    message: str = ""
+    """With reason ``error``: what failed, for a person."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Callable, Optional
 from edgebot.engine.backend import (Backend, BackendInfo, GenerationResult, ModelError, PieceCallback,
                                     PreparedPrompt, SamplingParams)
 from edgebot.engine.prompt import Turn, render_segments
+from edgebot.engine.think import CLOSE_TAG
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,28 @@ class LlamaBackend(Backend):
 
     # -- generation --------------------------------------------------------------------------
 
+    def _grammar_sampler(self, params: SamplingParams) -> object:
+        """A sampler chain like the free one, constrained by the grammar of ``params.json_schema``.
+
+        Raises ValueError when the schema cannot be turned into a grammar llama.cpp accepts.
+        """
+        llm = self._llm
+        assert llm is not None and params.json_schema is not None
+        import llama_cpp
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        try:
+            grammar = LlamaGrammar.from_json_schema(params.json_schema, verbose=False)
+        except Exception as exc:  # noqa: BLE001 - the converter raises assorted types on odd schemas
+            raise ValueError(f"the JSON schema cannot be turned into a grammar: {exc}") from None
+        # llama-cpp-python adds a grammar sampler without checking it parsed (a NULL would crash):
+        # parse it once here first.
+        probe = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, grammar._grammar.encode(), b"root")
+        if not probe:
+            raise ValueError("llama.cpp refused the grammar made from the JSON schema")
+        llama_cpp.llama_sampler_free(probe)
+        return llm._init_sampler(temp=params.temperature, top_p=params.top_p, top_k=params.top_k, grammar=grammar)
+
     def generate(self, prompt: PreparedPrompt, params: SamplingParams, max_tokens: int,
                  cancel: threading.Event, on_piece: PieceCallback) -> GenerationResult:
         llm = self._llm
@@ -187,7 +210,7 @@ class LlamaBackend(Backend):
         import llama_cpp
 
         tokens = prompt.tokens
-        result = GenerationResult(reason="stop", prompt_tokens=len(tokens))
+        result = GenerationResult(reason="stop", prompt_tokens=len(tokens), backend="local")
         result.cached_tokens = self._reuse_prefix(tokens)
         self._eval_batches(tokens, result.cached_tokens, cancel.is_set)
         if cancel.is_set():
@@ -195,6 +218,15 @@ class LlamaBackend(Backend):
             return result
         llm.set_seed(params.seed if params.seed >= 0 else random.randrange(2**31))
         sampler = llm._init_sampler(temp=params.temperature, top_p=params.top_p, top_k=params.top_k)
+        constrained = None
+        if params.json_schema is not None:
+            try:
+                constrained = self._grammar_sampler(params)
+            except ValueError as exc:
+                result.reason, result.message = "error", str(exc)
+                return result
+        # The grammar constrains the answer only: it takes over once the thinking has closed.
+        answering, seen = not prompt.starts_thinking, ""
         vocab = llm._model.vocab
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         room = self.n_ctx - llm.n_tokens
@@ -203,11 +235,15 @@ class LlamaBackend(Backend):
             if result.completion_tokens >= limit:
                 result.reason = "length"
                 break
-            token = sampler.sample(llm._ctx, -1)
+            token = (constrained if constrained is not None and answering else sampler).sample(llm._ctx, -1)
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 break
             result.completion_tokens += 1
-            inject = on_piece(decoder.decode(llm.detokenize([token])))
+            piece = decoder.decode(llm.detokenize([token]))
+            inject = on_piece(piece)
+            if not answering:
+                seen += piece + (inject or "")
+                answering, seen = CLOSE_TAG in seen, seen[-len(CLOSE_TAG):]
             feed = [token]
             if inject:
                 feed += llm.tokenize(inject.encode(), add_bos=False, special=True)

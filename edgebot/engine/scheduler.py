@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, Union
 from edgebot.engine.backend import Backend, ModelError, SamplingParams
 from edgebot.engine.prompt import Turn
 from edgebot.engine.sessions import SessionStore
+from edgebot.engine.stops import StopMatcher
 from edgebot.engine.think import CLOSE_TAG, ThinkSplitter
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,12 @@ class EngineNotReady(Exception):
 
 @dataclass
 class Job:
-    """One question. ``max_tokens`` and ``think_budget`` in tokens; ``session`` None = one-off."""
+    """One question. ``max_tokens`` and ``think_budget`` in tokens; ``session`` None = one-off.
+
+    ``history`` (the earlier turns, e.g. from an HTTP request's ``messages``) is used instead of a
+    session's; ``sampling`` replaces the engine's defaults for this job; ``stop`` strings end the
+    answer where one begins (never emitted, the reason is ``stop``).
+    """
 
     id: str
     text: str
@@ -76,6 +82,9 @@ class Job:
     max_tokens: int = 1024
     think_budget: int = 512
     priority: int = 2
+    history: Optional[list[Turn]] = None
+    sampling: Optional[SamplingParams] = None
+    stop: tuple[str, ...] = ()
     submitted: float = field(default_factory=time.monotonic)
     cancel: threading.Event = field(default_factory=threading.Event)
     ended: bool = False  # its JobEnded has been sent
@@ -277,8 +286,8 @@ class Engine:
             job.end(JobEnded(job.id, "cancelled", self._stats(job)))
             return
         with self._cond:
-            session = self.sessions.get(job.session) if job.session else None
-            turns = list(session.turns) if session else []
+            session = self.sessions.get(job.session) if job.session and job.history is None else None
+            turns = list(job.history) if job.history is not None else list(session.turns) if session else []
         prompt, dropped = self._fit(job, turns)
         n_ctx = self.backend.info().n_ctx
         if prompt.n_tokens >= n_ctx - 1:
@@ -298,10 +307,15 @@ class Engine:
         answer: list[str] = []
         marks: dict[str, float] = {}
         think_tokens = 0
+        stops = StopMatcher(job.stop)
 
         def emit(think: str, text: str) -> None:
             if think and job.show_think:
                 job.sink(JobDelta(job.id, think, think=True))
+            if text and not stops.hit:
+                text = stops.feed(text)
+                if stops.hit:
+                    job.cancel.set()  # a stop string ends the generation; its reason becomes "stop" below
             if text:
                 marks.setdefault("answer", time.monotonic())
                 answer.append(text)
@@ -322,10 +336,21 @@ class Engine:
                 return inject
             return None
 
-        result = self.backend.generate(prompt, self.settings.sampling, job.max_tokens, job.cancel, on_piece)
+        result = self.backend.generate(prompt, job.sampling or self.settings.sampling, job.max_tokens, job.cancel,
+                                       on_piece)
         tail = splitter.flush()
         emit(tail.think, tail.answer)
+        held = stops.flush()
+        if held:
+            marks.setdefault("answer", time.monotonic())
+            answer.append(held)
+            job.sink(JobDelta(job.id, held))
+        if stops.hit and result.reason == "cancelled":
+            result.reason = "stop"
         stats = self._stats(job, result, think_tokens, marks)
+        if result.reason == "error":
+            job.end(JobEnded(job.id, "error", stats, result.message or "the backend failed", "backend"))
+            return
         message = ""
         if result.reason == "length" and splitter.thinking:
             message = (f"the answer ran out of tokens while still thinking (max_tokens={job.max_tokens}); "
@@ -343,10 +368,10 @@ class Engine:
         """``answer-end.stats``: token counts in tokens, times in milliseconds since the ask."""
         stats: dict[str, Any] = {"prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0,
                                  "think_tokens": think_tokens, "ttft_ms": None, "answer_ms": None,
-                                 "tokens_per_s": None}
+                                 "tokens_per_s": None, "backend": None}
         if result is not None:
             stats.update(prompt_tokens=result.prompt_tokens, cached_tokens=result.cached_tokens,
-                         completion_tokens=result.completion_tokens)
+                         completion_tokens=result.completion_tokens, backend=result.backend or None)
         if marks:
             ms = lambda t: round((t - job.submitted) * 1000.0, 1)  # noqa: E731
             if "first" in marks:

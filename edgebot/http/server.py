@@ -1,0 +1,251 @@
+"""The aiohttp server inside edgebotd's event loop: ``POST /v1/chat/completions`` (JSON or
+server-sent events), ``GET /v1/models``, ``GET /health``.
+
+Every request becomes one engine ``Job`` on the same queue as the bus's asks (source ``http``:
+its priority and think budget come from ``[engine] priorities`` and ``[llm] think_budget``); there
+is no second model and no thread pool here. Engine events arrive from the worker thread through
+``loop.call_soon_threadsafe`` into a per-request queue. A client that goes away cancels its job:
+aiohttp cancels the handler (``handler_cancellation``), and the handler's ``finally`` cancels the
+job whether it was queued or running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import ipaddress
+import json
+import logging
+import secrets
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Optional
+
+from aiohttp import web
+
+from edgebot.config import Config
+from edgebot.engine.scheduler import Engine, EngineBusy, EngineEvent, EngineNotReady, Job, JobDelta, JobEnded
+from edgebot.http.chat import DONE, FINISH, ApiError, ChatRequest, bad, chunk, completion, parse_chat, sse_error
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_S = 1.0
+"""How long closing the server waits for running requests (seconds); the engine has ended them by then."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def config_problem(config: Config) -> Optional[str]:
+    """Why ``[http]`` cannot be served as configured, or None."""
+    http = config.section("http")
+    if not is_loopback(http["host"]) and not http["token"]:
+        return (f"[http] host = {http['host']!r} is not a loopback address, so [http] token must be set "
+                f"(clients then send Authorization: Bearer <token>)")
+    return None
+
+
+def _json(status: int, body: Any, headers: Optional[dict[str, str]] = None) -> web.Response:
+    return web.Response(status=status, text=json.dumps(body, ensure_ascii=False), content_type="application/json",
+                        headers=headers)
+
+
+def _error_response(err: ApiError) -> web.Response:
+    headers = {"Retry-After": "1"} if err.status == 429 else None
+    return _json(err.status, err.body(), headers)
+
+
+def _ended_error(ev: JobEnded) -> ApiError:
+    """An ended job that produced no answer, as the HTTP error to report."""
+    if ev.code == "too-long":
+        return ApiError(400, ev.message, "invalid_request_error", "context_length_exceeded", "messages")
+    if ev.reason == "cancelled":
+        return ApiError(503, "the answer was cancelled (edgebotd is stopping)", "server_error", "cancelled")
+    if ev.code == "backend":
+        return ApiError(502, ev.message, "server_error", "backend_error")
+    return ApiError(500, ev.message or "internal error", "server_error", ev.code or "internal")
+
+
+class HttpApi:
+    """The HTTP API of one edgebotd: ``start()`` on the daemon's loop, ``close()`` at shutdown."""
+
+    def __init__(self, config: Config, engine: Engine) -> None:
+        self.config = config
+        self.engine = engine
+        http, llm = config.section("http"), config.section("llm")
+        self.host, self.port = http["host"], http["port"]
+        self.token = http["token"].encode()
+        self.max_body = http["max_body_bytes"]
+        self.max_prompt_chars = http["max_prompt_chars"]
+        self.model_id = http["model_name"] or (llm["remote_model"] if llm["backend"] == "remote" and
+                                               llm["remote_model"] else Path(llm["model"]).stem)
+        self.created = int(time.time())
+        self._runner: Optional[web.AppRunner] = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.max_body, middlewares=[self._errors])
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/health", self.health)
+        return app
+
+    async def start(self) -> None:
+        """Bind and serve; raises OSError when the address cannot be bound."""
+        runner = web.AppRunner(self.app(), handler_cancellation=True, shutdown_timeout=SHUTDOWN_S, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port).start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        log.info("HTTP API on http://%s:%d/v1 (%s)", self.host, self.port,
+                 "bearer token required" if self.token else "no token")
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- middleware: errors and the token ----------------------------------------------------------
+
+    @web.middleware
+    async def _errors(self, request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        try:
+            if self.token and request.path != "/health":
+                given = request.headers.get("Authorization", "")
+                if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].strip().encode(), self.token):
+                    raise ApiError(401, "missing or wrong API key (send Authorization: Bearer <[http] token>)",
+                                   "invalid_request_error", "invalid_api_key")
+            return await handler(request)
+        except ApiError as err:
+            return _error_response(err)
+        except web.HTTPRequestEntityTooLarge:
+            return _error_response(self._too_large())
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return _error_response(ApiError(exc.status, f"{request.method} {request.path}: {exc.reason}",
+                                            "invalid_request_error", "not_found" if exc.status == 404 else None))
+
+    def _too_large(self) -> ApiError:
+        return ApiError(413, f"the request body is larger than {self.max_body} bytes ([http] max_body_bytes)",
+                        "invalid_request_error", "request_too_large")
+
+    # -- routes ------------------------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        state = self.engine.state
+        if state == "ready":
+            return _json(200, {"status": "ok"})
+        message = self.engine.error or f"the model is {state}"
+        return _json(503, {"status": state, "error": {"message": message, "type": "unavailable_error", "code": 503}})
+
+    async def models(self, request: web.Request) -> web.Response:
+        return _json(200, {"object": "list", "data": [{"id": self.model_id, "object": "model",
+                                                       "created": self.created, "owned_by": "edgebot"}]})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        if request.content_length is not None and request.content_length > self.max_body:
+            raise self._too_large()
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise bad(f"the body is not valid JSON: {exc}") from None
+        req = parse_chat(body, self.max_prompt_chars, self.config.get("llm", "n_ctx"))
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[EngineEvent] = asyncio.Queue()
+        job = self._job(req, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+        try:
+            self.engine.submit(job)
+        except EngineBusy as exc:
+            raise ApiError(429, f"the engine queue is full: {exc}", "rate_limit_exceeded", "rate_limit_exceeded")
+        except EngineNotReady as exc:
+            raise ApiError(503, f"not ready: {exc}", "server_error", "model_not_ready")
+        ended: list[JobEnded] = []  # the job's end, once received
+        try:
+            first = await events.get()
+            if isinstance(first, JobEnded):
+                ended.append(first)
+                raise _ended_error(first)
+            if req.stream:
+                return await self._stream(request, req, job, events, ended)
+            return await self._collect(job, events, ended)
+        finally:
+            if not ended:
+                self.engine.cancel(job.id)  # client gone (handler cancelled) or write failed: free the engine
+                log.info("HTTP client left; cancelled %s", job.id)
+
+    def _job(self, req: ChatRequest, sink: Callable[[EngineEvent], None]) -> Job:
+        llm, priorities = self.config.section("llm"), self.config.get("engine", "priorities")
+        budgets = llm["think_budget"]
+        return Job(id=f"chatcmpl-{secrets.token_hex(12)}", text=req.question, source="http", sink=sink,
+                   show_think=True, max_tokens=min(req.max_tokens or llm["max_tokens"], llm["n_ctx"]),
+                   think_budget=budgets.get("http", budgets.get("default", 512)),
+                   priority=priorities.get("http", priorities.get("default", 3)), history=req.history,
+                   sampling=dataclasses.replace(self.engine.settings.sampling, **req.overrides()), stop=req.stop)
+
+    async def _collect(self, job: Job, events: asyncio.Queue[EngineEvent], ended: list[JobEnded]) -> web.Response:
+        answer: list[str] = []
+        thinking: list[str] = []
+        while True:
+            ev = await events.get()
+            if isinstance(ev, JobDelta):
+                (thinking if ev.think else answer).append(ev.text)
+            elif isinstance(ev, JobEnded):
+                ended.append(ev)
+                if ev.reason not in FINISH:
+                    raise _ended_error(ev)
+                return _json(200, completion(job.id, int(time.time()), self.model_id, "".join(answer),
+                                             "".join(thinking), FINISH[ev.reason], ev.stats))
+
+    async def _stream(self, request: web.Request, req: ChatRequest, job: Job, events: asyncio.Queue[EngineEvent],
+                      ended: list[JobEnded]) -> web.StreamResponse:
+        """Send the answer as server-sent events (the job has started)."""
+        created = int(time.time())
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+        await resp.prepare(request)
+        await resp.write(chunk(job.id, created, self.model_id, {"role": "assistant", "content": ""}))
+        while True:
+            batch = [await events.get()]
+            while not events.empty():
+                batch.append(events.get_nowait())
+            out = bytearray()
+            kind, text = "", ""
+            end: Optional[JobEnded] = None
+            for ev in batch:
+                if isinstance(ev, JobDelta):
+                    k = "reasoning_content" if ev.think else "content"
+                    if k != kind and text:
+                        out += chunk(job.id, created, self.model_id, {kind: text})
+                        text = ""
+                    kind, text = k, text + ev.text
+                elif isinstance(ev, JobEnded):
+                    end = ev
+                    ended.append(ev)
+            if text:
+                out += chunk(job.id, created, self.model_id, {kind: text})
+            if end is not None:
+                if end.reason in FINISH:
+                    out += chunk(job.id, created, self.model_id, {}, FINISH[end.reason])
+                    if req.include_usage:
+                        out += chunk(job.id, created, self.model_id, None, stats=end.stats)
+                    out += DONE
+                else:
+                    out += sse_error(_ended_error(end))
+            await resp.write(bytes(out))
+            if end is not None:
+                await resp.write_eof()
+                return resp
