@@ -86,7 +86,8 @@ def test_an_r1_math_answer_reads_naturally() -> None:
     assert speakable_sentences(pieces) == ["To find 2 + 2, add the numbers.", "Final Answer", "4"]
 
 
-text_alphabet = st.sampled_from(list("abc XYZ.,!?;:\n。！？，、你好`*#$\\{}[]()1234") + ["```", "http://x.y/z", " e.g. "])
+text_alphabet = st.sampled_from(list("abc XYZ.,!?;:\n。！？，、你好`*#$\\{}[]()1234")
+                                + ["```", "http://x.y/z", " e.g. "])
 
 
 @settings(max_examples=400, deadline=None)

@@ -5,15 +5,14 @@ barge-in."""
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
 from conftest import Daemon
 from voice_harness import (MIC_ENV, SPEAKER_ENV, SPEECH_IN, SPEECH_OUT, SPEECH_OUT_CONFIG, BridgeProc, PulseServer,
-                           Recorder, collect, espeak_wav, speech_in_config, wait_device_ready, watcher)
+                           Recorder, collect, espeak_wav, speech_in_config, watcher)
 
 pytestmark = pytest.mark.timeout(180)
 

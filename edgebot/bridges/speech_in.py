@@ -157,18 +157,25 @@ class SpeechIn(Bridge):
 
         def callback(indata: Any, frames: int, _time: Any, status: Any) -> None:
             watch.beat()
+            if status:
+                log.debug("microphone: %s", status)  # e.g. input overflow: we fell behind
             blocks.put((indata.copy(), time.monotonic()))
 
-        stream = None
+        stream: Any = None
+        error: Optional[Exception] = None
         for channels in dict.fromkeys((1, min(dev.channels, 2))):  # mono, else stereo mixed down here
+            candidate = None
             try:
-                stream = sd.InputStream(device=dev.index, samplerate=rate, channels=channels, dtype="float32",
-                                        blocksize=int(rate * CHUNK_S), latency="low", callback=callback,
-                                        finished_callback=watch.on_finished)
-                stream.start()
+                candidate = sd.InputStream(device=dev.index, samplerate=rate, channels=channels, dtype="float32",
+                                           blocksize=int(rate * CHUNK_S), latency="low", callback=callback,
+                                           finished_callback=watch.on_finished)
+                candidate.start()
+                stream = candidate
                 break
             except Exception as exc:  # noqa: BLE001 - PortAudioError or ValueError
                 error = exc
+                if candidate is not None:
+                    candidate.close(ignore_errors=True)
         if stream is None:
             raise ad.AudioDeviceError(f"cannot open {dev.describe()}: {error}")
         resampler = ad.Resampler(rate, RATE) if rate != RATE else None
