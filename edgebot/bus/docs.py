@@ -118,8 +118,9 @@ FIELD_HELP: dict[tuple[str, str], str] = {
     ("answer-delta", "text"): "Answer text; one or more tokens' worth (merged for a slow reader).",
     ("answer-end", "id"): "The ask's id.",
     ("answer-end", "reason"): "`stop`: the model ended its answer. `length`: `max_tokens` or the context ran "
-                              "out. `cancelled`: by `cancel`, a disconnect or shutdown. `error`: reserved "
-                              "(failures are reported as an `error` event instead).",
+                              "out. `cancelled`: by `cancel`, a disconnect or shutdown. `error`: the answer failed after "
+                              "`answer-start` (e.g. a remote backend stopped mid-answer); `message` says why. "
+                              "Failures before `answer-start` come as an `error` event instead.",
     ("answer-end", "stats"): "Token counts and timings of this answer; see [Answer statistics](#answer-statistics).",
     ("answer-end", "message"): "Why, when there is more to say (e.g. `length` reached while still thinking); "
                                "else empty.",
