@@ -5,6 +5,7 @@
 #
 #   sudo deploy/install.sh rpi5               # Raspberry Pi 5 (also: rpi4, rk3588, generic-x86)
 #   deploy/install.sh rpi5 --dry-run          # print every step, change nothing (no root needed)
+#   sudo deploy/install.sh rk3588 --npu       # the model on the RK3588 NPU (profile rk3588-npu, docs/npu.md)
 #
 # Idempotent: each step checks first and says "unchanged"; a second run changes nothing and says so.
 # Supported: Debian 12/13, Raspberry Pi OS (bookworm or later), Ubuntu 22.04/24.04; arm64, or x86-64
@@ -18,17 +19,26 @@ MODEL_MB=1066      # DeepSeek-R1-Distill-Qwen-1.5B Q4_K_M (1,117,320,800 bytes)
 VOICE_MB=200       # a vosk small model + a piper voice, unpacked
 VENV_MB=1500       # the venv plus the llama.cpp build tree while compiling
 MIN_MEM_MB=1800    # model + a 2048-token KV cache + compute buffers + the OS (see board-configs/README.md)
+# The RKLLM runtime edgebot's bindings are written against (edgebot/engine/rkllm_api.py, docs/npu.md):
+# rknn-llm's aarch64 librkllmrt.so at that tag, checked by its git blob id; and the NPU driver it needs.
+RKLLM_VERSION=1.3.0
+RKLLM_TAG=release-v1.3.0
+RKLLM_BLOB=34167b32f99cb7ab19e21fb579fb750d96b878f1
+RKLLM_URL=https://github.com/airockchip/rknn-llm/raw/$RKLLM_TAG/rkllm-runtime/Linux/librkllm_api/aarch64/librkllmrt.so
+MIN_NPU_DRIVER=0.9.8
 # Overridable for tests and unusual systems (documented in docs/install.md).
 OS_RELEASE=${EDGEBOT_OS_RELEASE:-/etc/os-release}
 MEMINFO=${EDGEBOT_MEMINFO:-/proc/meminfo}
 ARCH=${EDGEBOT_ARCH:-$(uname -m)}
+RKNPU_FILES=${EDGEBOT_RKNPU_FILES:-/sys/kernel/debug/rknpu/version /sys/module/rknpu/version}
 
-DRY_RUN=0 VOICE=1 MODELS=1 REBUILD=0 ROOT="" LANGUAGE=en BOARD=""
+DRY_RUN=0 VOICE=1 MODELS=1 REBUILD=0 ROOT="" LANGUAGE=en BOARD="" NPU=0 NPU_RUNTIME=""
 CHANGED=0
 
 usage() {
     cat <<EOF
 usage: deploy/install.sh BOARD [--dry-run] [--no-voice] [--no-models] [--lang en|zh] [--rebuild] [--root DIR]
+                         [--npu [--npu-runtime FILE]]
   BOARD        one of: $(boards | tr '\n' ' ')
   --dry-run    print every step without doing it
   --no-voice   skip the speech bridges (no microphone/speaker)
@@ -36,6 +46,9 @@ usage: deploy/install.sh BOARD [--dry-run] [--no-voice] [--no-models] [--lang en
   --lang       voice models for English (en, default) or Mandarin (zh)
   --rebuild    rebuild llama-cpp-python even if it was built with the same flags
   --root DIR   install the files (units, config, users, rules) under DIR; skips apt, venv, models, systemctl
+  --npu        rk3588 only: run the model on the NPU (profile rk3588-npu): checks the NPU driver
+               (>= $MIN_NPU_DRIVER) and installs RKLLM runtime $RKLLM_VERSION in /usr/local/lib
+  --npu-runtime FILE  install this librkllmrt.so instead of downloading it (it must be the same $RKLLM_VERSION build)
 EOF
 }
 
@@ -106,6 +119,8 @@ parse_args() {
             --rebuild) REBUILD=1 ;;
             --lang) shift; LANGUAGE=${1:-} ;;
             --root) shift; ROOT=${1:-}; [ -n "$ROOT" ] || { usage >&2; exit 2; } ;;
+            --npu) NPU=1 ;;
+            --npu-runtime) shift; NPU_RUNTIME=${1:-}; [ -n "$NPU_RUNTIME" ] || { usage >&2; exit 2; } ;;
             -h|--help) usage; exit 0 ;;
             -*) echo "install.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
             *) [ -z "$BOARD" ] || { echo "install.sh: one board only (got $BOARD and $1)" >&2; exit 2; }
@@ -123,6 +138,14 @@ parse_args() {
         exit 2
     fi
     case "$LANGUAGE" in en|zh) ;; *) echo "install.sh: --lang must be en or zh" >&2; exit 2 ;; esac
+    case "$BOARD:$NPU" in
+        rk3588:1) BOARD=rk3588-npu ;;
+        rk3588-npu:*) NPU=1 ;;
+        *:1) echo "install.sh: --npu is for the rk3588 board only (RKLLM runs on its NPU)" >&2; exit 2 ;;
+    esac
+    if [ -n "$NPU_RUNTIME" ] && [ "$NPU" = 0 ]; then
+        echo "install.sh: --npu-runtime goes with --npu" >&2; exit 2
+    fi
     if [ -n "$ROOT" ]; then
         mkdir -p "$ROOT"
         ROOT=$(cd "$ROOT" && pwd)
@@ -165,10 +188,84 @@ preflight() {
     [ "$free_mb" -ge "$need_disk" ] || die "only $free_mb MiB free on $dir; $need_disk MiB are needed \
 (venv and build $VENV_MB, model $MODEL_MB, voices $VOICE_MB)"
     note "disk: $free_mb MiB free on $dir ($need_disk needed)"
+    [ "$NPU" = 0 ] || npu_preflight
     if [ "$DRY_RUN" = 0 ] && [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then
         die "run as root (sudo deploy/install.sh $BOARD), or look first with --dry-run"
     fi
     MEM_MB=$mem_mb
+}
+
+# --- NPU (--npu): the kernel driver, then the pinned RKLLM runtime -----------------------------
+# npu_driver_version: "VERSION WHERE" from the first driver file that names one, else dmesg.
+npu_driver_version() {
+    local f v
+    for f in $RKNPU_FILES; do
+        [ -r "$f" ] || continue
+        v=$(grep -oE '[0-9]+\.[0-9]+\.[0-9]+' "$f" 2>/dev/null | head -n 1) || true
+        if [ -n "$v" ]; then echo "$v $f"; return; fi
+    done
+    if [ -z "${EDGEBOT_RKNPU_FILES:-}" ] && command -v dmesg >/dev/null; then
+        v=$(dmesg 2>/dev/null | grep -oE 'Initialized rknpu [0-9]+\.[0-9]+\.[0-9]+' | tail -n 1 | awk '{ print $3 }') || true
+        if [ -n "$v" ]; then echo "$v dmesg"; fi
+    fi
+}
+
+version_ge() { [ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -n 1)" = "$2" ]; }  # version_ge A B: A >= B
+
+npu_preflight() {
+    local found version
+    found=$(npu_driver_version)
+    [ -n "$found" ] || die "no RKNPU kernel driver found ($RKNPU_FILES, dmesg): the NPU needs a Rockchip \
+vendor kernel with rknpu $MIN_NPU_DRIVER or later (docs/npu.md); for the CPU instead: deploy/install.sh rk3588"
+    version=${found%% *}
+    version_ge "$version" "$MIN_NPU_DRIVER" || die "the RKNPU driver is $version (${found#* }), too old: RKLLM \
+runtime $RKLLM_VERSION needs $MIN_NPU_DRIVER or later; update the board's kernel (docs/npu.md), or use the CPU: \
+deploy/install.sh rk3588"
+    note "NPU driver: rknpu $version (${found#* }; at least $MIN_NPU_DRIVER needed)"
+    if [ -n "$NPU_RUNTIME" ]; then
+        [ -r "$NPU_RUNTIME" ] || die "--npu-runtime $NPU_RUNTIME: no such file"
+        check_runtime "$NPU_RUNTIME" "$NPU_RUNTIME"
+    fi
+}
+
+# git_blob_id FILE: what `git hash-object FILE` prints (sha1 of "blob SIZE\0" + content), without git.
+git_blob_id() { { printf 'blob %d\0' "$(stat -c %s "$1")"; cat "$1"; } | sha1sum | cut -d ' ' -f 1; }
+
+check_runtime() {  # check_runtime FILE NAME: die (removing FILE when it is a download) unless it is the pinned build
+    local id
+    id=$(git_blob_id "$1")
+    [ "$id" = "$RKLLM_BLOB" ] && return 0
+    [ "$1" = "$2" ] || rm -f "$1"
+    die "$2 is not the RKLLM runtime $RKLLM_VERSION build edgebot is written against \
+(its git blob id is $id, not $RKLLM_BLOB): edgebotd would refuse it"
+}
+
+npu_runtime() {
+    [ "$NPU" = 1 ] || return 0
+    say "RKLLM runtime $RKLLM_VERSION for the NPU"
+    local dest=$ROOT/usr/local/lib/librkllmrt.so tmp
+    if [ -n "$ROOT" ]; then note "skipped with --root"; return; fi
+    if [ -f "$dest" ] && [ "$(git_blob_id "$dest")" = "$RKLLM_BLOB" ]; then
+        unchanged "$dest is runtime $RKLLM_VERSION (git blob $RKLLM_BLOB)"
+        return
+    fi
+    if [ "$DRY_RUN" = 1 ]; then
+        CHANGED=1
+        echo "    would install ${NPU_RUNTIME:-$RKLLM_URL} as $dest after checking its git blob id is $RKLLM_BLOB"
+        echo "    would run: ldconfig"
+        return
+    fi
+    tmp=$(mktemp)
+    if [ -n "$NPU_RUNTIME" ]; then
+        cp "$NPU_RUNTIME" "$tmp"
+    else
+        run curl -fsSL --retry 3 -o "$tmp" "$RKLLM_URL" || { rm -f "$tmp"; die "download of $RKLLM_URL failed; \
+retry, or fetch it elsewhere and pass --npu-runtime FILE"; }
+    fi
+    check_runtime "$tmp" "${NPU_RUNTIME:-$RKLLM_URL}"
+    run install -D -m 0644 "$tmp" "$dest"
+    rm -f "$tmp"
+    run ldconfig
 }
 
 # --- 2. Debian packages ---------------------------------------------------------------------
@@ -177,6 +274,7 @@ apt_packages() {
     local cmake_args pkgs missing=() p
     cmake_args=$(toml_get "$PROFILE" build cmake_args)
     pkgs=(python3 python3-venv python3-dev build-essential cmake git pkg-config ca-certificates)
+    [ "$NPU" = 0 ] || pkgs+=(curl)
     case "$cmake_args" in *GGML_BLAS=ON*) pkgs+=(libopenblas-dev) ;; esac
     case "$cmake_args" in *GGML_OPENMP=ON*) pkgs+=(libgomp1) ;; esac
     [ "$VOICE" = 0 ] || pkgs+=(libportaudio2 alsa-utils)
@@ -319,6 +417,12 @@ models() {
     if [ -n "$ROOT" ]; then note "skipped with --root"; return; fi
     local cli=$PREFIX/venv/bin/edgebot-cli out
     local names=(deepseek-r1-distill-qwen-1.5b-q4_k_m)
+    if [ "$NPU" = 1 ]; then
+        names=()
+        note "the NPU model is not downloadable: convert it with rkllm-toolkit $RKLLM_VERSION on an x86 PC and copy it"
+        note "to $(toml_get "$PROFILE" llm model) (docs/npu.md)"
+        [ "$VOICE" = 1 ] || return 0
+    fi
     if [ "$VOICE" = 1 ]; then
         if [ "$LANGUAGE" = zh ]; then names+=(vosk-small-zh piper-zh-huayan-medium)
         else names+=(vosk-small-en piper-en-lessac-medium); fi
@@ -371,6 +475,7 @@ main() {
     apt_packages
     users_and_dirs
     venv_and_build
+    npu_runtime
     config_files
     units_and_rules
     models

@@ -42,10 +42,18 @@ def llama_or_remote(config: Config) -> Backend:
 
 def build_engine(config: Config, on_state: object) -> Engine:
     llm, eng = config.section("llm"), config.section("engine")
-    backend = llama_or_remote(config)
+    sampling = SamplingParams(temperature=llm["temperature"], top_p=llm["top_p"], top_k=llm["top_k"], seed=llm["seed"])
+    backend: Backend
+    if llm["backend"] == "rkllm":  # the RK3588 NPU (docs/npu.md); imported only when chosen
+        from edgebot.engine.rkllm_backend import RkllmBackend
+
+        rk = config.section("rkllm")
+        backend = RkllmBackend(llm["model"], library=rk["library"], n_ctx=llm["n_ctx"], cpus=rk["cpus"],
+                               sampling=sampling)
+    else:
+        backend = llama_or_remote(config)
     settings = EngineSettings(
-        sampling=SamplingParams(temperature=llm["temperature"], top_p=llm["top_p"], top_k=llm["top_k"],
-                                seed=llm["seed"]),
+        sampling=sampling,
         queue_max=eng["queue_max"], session_idle_s=eng["session_idle_s"], answer_reserve=eng["answer_reserve"],
         persona=llm["persona"])
     return Engine(backend, settings, on_state)  # type: ignore[arg-type]

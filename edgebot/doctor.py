@@ -1,6 +1,7 @@
 """``edgebot-cli doctor``: one line per check, PASS/WARN/FAIL/SKIP, and a fix for every failure.
 
-Checks: config valid; model present and verified; llama.cpp build features; free memory vs model
+Checks: config valid; model present and verified; with ``[llm] backend = "rkllm"`` the NPU driver and
+the RKLLM runtime; llama.cpp build features; free memory vs model
 plus context; bus reachable; audio devices; serial ports present and permitted; systemd units
 installed and active; SoC temperature and throttling. Exit 0 when nothing FAILs, else 1.
 Imported only by that subcommand; llama_cpp is imported inside its own check only.
@@ -65,6 +66,8 @@ def check_config(ctx: Context) -> Check:
 def check_model(ctx: Context) -> Check:
     if ctx.config is None:
         return Check("model", SKIP, "no valid config")
+    if ctx.config.get("llm", "backend") == "rkllm":
+        return check_rkllm_model(ctx)
     from edgebot.gguf_info import GGUFError, read_gguf
 
     path = ctx.config.get("llm", "model")
@@ -81,6 +84,70 @@ def check_model(ctx: Context) -> Check:
     info = ctx.gguf
     return Check("model", PASS, f"{path}: {info.architecture}, {info.file_size / 2**20:.0f} MiB, context "
                                 f"{info.context_length}, chat template present")
+
+
+def _rkllm(ctx: Context) -> bool:
+    return ctx.config is not None and ctx.config.get("llm", "backend") == "rkllm"
+
+
+def check_rkllm_model(ctx: Context) -> Check:
+    """The .rkllm file of ``[llm] backend = "rkllm"``: present, readable, not a GGUF (the runtime checks the rest)."""
+    path = ctx.config.get("llm", "model")
+    fix = "convert it with rkllm-toolkit 1.3.0 on an x86 PC and copy it there (docs/npu.md), or set [llm] model"
+    p = Path(path)
+    if not p.is_file():
+        return Check("model", FAIL, f"{path} does not exist (the NPU model, a .rkllm file)", fix)
+    if not os.access(path, os.R_OK):
+        return Check("model", FAIL, f"{path} is not readable by this user", f"chmod 0644 {path}")
+    with p.open("rb") as fh:
+        if fh.read(4) == b"GGUF":
+            return Check("model", FAIL, f"{path} is a GGUF file: the rkllm backend needs a .rkllm file", fix)
+    return Check("model", PASS, f"{path}: {p.stat().st_size / 2**20:.0f} MiB .rkllm file (the runtime checks its "
+                                f"format when edgebotd loads it)")
+
+
+def check_npu_driver(ctx: Context) -> Optional[Check]:
+    """The RKNPU kernel driver's version against what the pinned runtime needs (only with backend = rkllm)."""
+    if not _rkllm(ctx):
+        return None
+    from edgebot.engine import rkllm_api as api
+
+    files = tuple(os.environ.get("EDGEBOT_RKNPU_FILES", "").split()) or api.DRIVER_FILES
+    version, where = api.read_driver_version(files)
+    if version is None and "EDGEBOT_RKNPU_FILES" not in os.environ and shutil.which("dmesg"):
+        r = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10)
+        found = re.findall(r"Initialized rknpu (\d+\.\d+\.\d+)", r.stdout)
+        if found:
+            version, where = found[-1], "dmesg"
+        else:
+            where += "; dmesg: " + ("no rknpu line" if r.returncode == 0 else "not readable (run as root)")
+    fix = ("a Rockchip vendor kernel with rknpu >= {m} (docs/npu.md), or the CPU: [llm] backend = \"llama\""
+           .format(m=api.MIN_DRIVER))
+    if version is None:
+        return Check("npu driver", FAIL, f"no RKNPU driver version found ({where})", fix)
+    if api.version_tuple(version) < api.version_tuple(api.MIN_DRIVER):
+        return Check("npu driver", FAIL, f"rknpu {version} ({where}) is older than {api.MIN_DRIVER}, which RKLLM "
+                                         f"runtime {api.RUNTIME_VERSION} needs", "update the board's kernel: " + fix)
+    return Check("npu driver", PASS, f"rknpu {version} ({where}; at least {api.MIN_DRIVER} needed)")
+
+
+def check_npu_runtime(ctx: Context) -> Optional[Check]:
+    """librkllmrt.so: loadable, with the 1.3.0 functions, and whether it is the pinned release build."""
+    if not _rkllm(ctx):
+        return None
+    from edgebot.engine import rkllm_api as api
+
+    name = ctx.config.get("rkllm", "library")
+    try:
+        lib = api.load_library(name)
+    except api.LibraryError as exc:
+        return Check("npu runtime", FAIL, str(exc), "sudo deploy/install.sh rk3588 --npu")
+    path = api.library_path(lib) or name
+    if api.is_pinned_build(path):
+        return Check("npu runtime", PASS, f"{path}: RKLLM runtime {api.RUNTIME_VERSION}, the {api.RUNTIME_TAG} build")
+    return Check("npu runtime", WARN, f"{path} loads and has the runtime's functions, but it is not the "
+                                      f"{api.RUNTIME_TAG} build; edgebotd refuses it at start unless it reports "
+                                      f"version {api.RUNTIME_VERSION}", "sudo deploy/install.sh rk3588 --npu")
 
 
 def parse_system_info(text: str) -> dict[str, str]:
@@ -325,8 +392,8 @@ def check_temperature(ctx: Context) -> Check:
     return Check("temperature", status, "; ".join(parts), fix)
 
 
-CHECKS: tuple[Callable[[Context], Check], ...] = (
-    check_config, check_model, check_llama, check_bus, check_memory, check_audio, check_serial, check_units,
+CHECKS: tuple[Callable[[Context], Optional[Check]], ...] = (
+    check_config, check_model, check_npu_driver, check_npu_runtime, check_llama, check_bus, check_memory, check_audio, check_serial, check_units,
     check_temperature)
 
 
@@ -335,7 +402,9 @@ def run_checks(args: argparse.Namespace) -> list[Check]:
     results = []
     for check in CHECKS:
         try:
-            results.append(check(ctx))
+            result = check(ctx)
+            if result is not None:  # None: the check does not apply to this configuration
+                results.append(result)
         except Exception as exc:  # noqa: BLE001 - one broken check must not hide the others
             results.append(Check(check.__name__.removeprefix("check_"), FAIL, f"the check itself failed: {exc}"))
     return results

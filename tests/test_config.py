@@ -70,7 +70,8 @@ def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
 
 
 def test_unknown_board_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown board 'rpi6' .*known boards: generic-x86, rk3588, rpi4, rpi5"):
+    with pytest.raises(ConfigError,
+                       match="unknown board 'rpi6' .*known boards: generic-x86, rk3588, rk3588-npu, rpi4, rpi5"):
         board_file("rpi6")
 
 

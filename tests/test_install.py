@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from edgebot.config import load_config
+from edgebot.engine import rkllm_api as api
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALL = REPO / "deploy" / "install.sh"
@@ -20,11 +21,14 @@ BOARDS = sorted(p.stem for p in (REPO / "board-configs").glob("*.toml"))
 ARCH = {"generic-x86": "x86_64"}
 
 
-def fake_system(tmp: Path, os_id: str = "debian", version: str = "12", mem_kb: int = 8_000_000) -> dict[str, str]:
-    """Files describing a system to install.sh (its documented EDGEBOT_OS_RELEASE/MEMINFO overrides)."""
+def fake_system(tmp: Path, os_id: str = "debian", version: str = "12", mem_kb: int = 8_000_000,
+                npu_driver: str = "RKNPU driver: v0.9.8") -> dict[str, str]:
+    """Files describing a system to install.sh (its documented EDGEBOT_OS_RELEASE/MEMINFO/RKNPU_FILES overrides)."""
     (tmp / "os-release").write_text(f'ID={os_id}\nVERSION_ID="{version}"\n')
     (tmp / "meminfo").write_text(f"MemTotal:       {mem_kb} kB\nMemAvailable:   {mem_kb // 2} kB\n")
-    return {"EDGEBOT_OS_RELEASE": str(tmp / "os-release"), "EDGEBOT_MEMINFO": str(tmp / "meminfo")}
+    (tmp / "rknpu-version").write_text(npu_driver + "\n")  # what /sys/kernel/debug/rknpu/version says
+    return {"EDGEBOT_OS_RELEASE": str(tmp / "os-release"), "EDGEBOT_MEMINFO": str(tmp / "meminfo"),
+            "EDGEBOT_RKNPU_FILES": f"{tmp}/no-such-file {tmp}/rknpu-version"}
 
 
 def install(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -61,7 +65,8 @@ def test_dry_run_plan_for_every_board(tmp_path: Path, board: str) -> None:
         assert f"/etc/systemd/system/{unit}" in out
     assert "/etc/udev/rules.d/70-edgebot-serial.rules" in out
     assert f'    | board = "{board}"' in out  # the generated /etc/edgebot/edgebot.toml
-    assert "model pull deepseek-r1-distill-qwen-1.5b-q4_k_m vosk-small-en piper-en-lessac-medium" in out
+    if profile.get("llm", "backend") != "rkllm":  # the NPU's .rkllm model is converted and copied by hand
+        assert "model pull deepseek-r1-distill-qwen-1.5b-q4_k_m vosk-small-en piper-en-lessac-medium" in out
     assert "would run: systemctl enable --now edgebot.socket edgebot.service edgebot-speech-in.service" in out
     # nothing outside the plan happened: every action line is a "would"
     assert not re.search(r"^    run: ", out, re.M)
@@ -81,7 +86,7 @@ def test_dry_run_options(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args, system, extra, code, message", [
     ((), {}, {}, 2, "no board name given"),
-    (("rpi6",), {}, {}, 2, "unknown board 'rpi6'; known boards: generic-x86 rk3588 rpi4 rpi5"),
+    (("rpi6",), {}, {}, 2, "unknown board 'rpi6'; known boards: generic-x86 rk3588-npu rk3588 rpi4 rpi5"),
     (("rpi5", "--frobnicate"), {}, {}, 2, "unknown option --frobnicate"),
     (("rpi5",), {"os_id": "fedora", "version": "40"}, {}, 1, "unsupported OS 'fedora'"),
     (("rpi5",), {"os_id": "debian", "version": "11"}, {}, 1, "Debian/Raspberry Pi OS 11 is too old"),
@@ -90,13 +95,18 @@ def test_dry_run_options(tmp_path: Path) -> None:
     (("rpi5",), {}, {"EDGEBOT_ARCH": "x86_64"}, 1, "board rpi5 needs a aarch64 system, this one is x86_64"),
     (("rpi5",), {}, {"EDGEBOT_ARCH": "armv7l"}, 1, "install the 64-bit Raspberry Pi OS"),
     (("rpi5",), {}, {"EDGEBOT_FREE_MB": "500"}, 1, "only 500 MiB free on /var/lib; 2766 MiB are needed"),
+    (("rpi5", "--npu"), {}, {}, 2, "--npu is for the rk3588 board only"),
+    (("rk3588", "--npu-runtime", "x.so"), {}, {}, 2, "--npu-runtime goes with --npu"),
+    (("rk3588", "--npu"), {"npu_driver": "0.9.6"}, {}, 1,
+     "the RKNPU driver is 0.9.6 ({tmp}/rknpu-version), too old: RKLLM runtime 1.3.0 needs 0.9.8 or later"),
+    (("rk3588-npu",), {"npu_driver": "no version here"}, {}, 1, "no RKNPU kernel driver found"),
 ])
 def test_fails_early_and_clearly(tmp_path: Path, args: tuple[str, ...], system: dict, extra: dict, code: int,
                                  message: str) -> None:
     env = {**fake_system(tmp_path, **system), "EDGEBOT_ARCH": "aarch64", **extra}
     r = install(*args, "--dry-run", env=env)
     assert r.returncode == code, r.stdout + r.stderr
-    assert message in r.stderr
+    assert message.format(tmp=tmp_path) in r.stderr
     assert "would run" not in r.stdout  # failed before planning any change
 
 
@@ -122,3 +132,37 @@ def test_second_run_changes_nothing(tmp_path: Path) -> None:
     assert "kept as it is (never overwritten)" in second.stdout
     assert second.stdout.rstrip().endswith("is already installed as asked (no changes)")
     assert conf.read_text().endswith("# edited by the teacher\n")
+
+
+def test_npu_dry_run_plans_the_runtime_and_checks_the_driver(tmp_path: Path) -> None:
+    env = {**fake_system(tmp_path), "EDGEBOT_ARCH": "aarch64"}
+    r = install("rk3588", "--npu", "--dry-run", env=env)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "DRY RUN for rk3588-npu" in out and '    | board = "rk3588-npu"' in out  # the NPU profile
+    assert f"NPU driver: rknpu 0.9.8 ({tmp_path}/rknpu-version; at least 0.9.8 needed)" in out
+    assert (f"would install https://github.com/airockchip/rknn-llm/raw/{api.RUNTIME_TAG}/rkllm-runtime/Linux/"
+            f"librkllm_api/aarch64/librkllmrt.so as /usr/local/lib/librkllmrt.so after checking its git blob id is "
+            f"{api.LIBRARY_BLOBS['aarch64']}") in out
+    assert "would run: ldconfig" in out and " curl" in out.split("==> apt packages")[1].split("==>")[0]
+    assert "model pull vosk-small-en piper-en-lessac-medium" in out  # voices only: the .rkllm is copied by hand
+    assert "/var/lib/edgebot/models/DeepSeek-R1-Distill-Qwen-1.5B_W8A8_RK3588.rkllm (docs/npu.md)" in out
+    assert not re.search(r"^    run: ", out, re.M)
+    local = tmp_path / "librkllmrt.so"
+    local.write_bytes(b"not the runtime\0 \xff")
+    r = install("rk3588-npu", "--npu-runtime", str(local), "--no-voice", "--dry-run", env=env)
+    blob = subprocess.run(["git", "hash-object", str(local)], capture_output=True, text=True).stdout.strip()
+    assert r.returncode == 1 and "would" not in r.stdout  # refused before planning anything
+    assert (f"{local} is not the RKLLM runtime 1.3.0 build edgebot is written against (its git blob id is {blob}, "
+            f"not {api.LIBRARY_BLOBS['aarch64']})") in r.stderr
+    r = install("rk3588-npu", "--no-voice", "--dry-run", env=env)
+    assert r.returncode == 0 and "model pull" not in r.stdout  # no GGUF and no voices
+    profile = load_config(None, board="rk3588-npu", environ={})
+    assert profile.get("llm", "backend") == "rkllm" and profile.get("rkllm", "library") == "/usr/local/lib/librkllmrt.so"
+
+
+def test_install_pins_the_same_runtime_as_the_bindings() -> None:
+    text = INSTALL.read_text()
+    pins = dict(re.findall(r"^(RKLLM_VERSION|RKLLM_TAG|RKLLM_BLOB|MIN_NPU_DRIVER)=(\S+)$", text, re.M))
+    assert pins == {"RKLLM_VERSION": api.RUNTIME_VERSION, "RKLLM_TAG": api.RUNTIME_TAG,
+                    "RKLLM_BLOB": api.LIBRARY_BLOBS["aarch64"], "MIN_NPU_DRIVER": api.MIN_DRIVER}

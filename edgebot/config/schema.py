@@ -75,7 +75,8 @@ DEFAULT_MODEL = "/var/lib/edgebot/models/DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gg
 
 KEYS: tuple[Key, ...] = (
     # [llm]: the model and how it samples
-    Key("llm", "model", "path", DEFAULT_MODEL, "GGUF model file that edgebotd loads."),
+    Key("llm", "model", "path", DEFAULT_MODEL, "Model file that edgebotd loads: a GGUF (llama backend) or a .rkllm "
+        "file (rkllm backend)."),
     Key("llm", "n_ctx", "int", 4096, "Context window.", "tokens", 128, 131072),
     Key("llm", "n_threads", "int", 0, "CPU threads for decoding; 0 = one per core.", "threads", 0, 256),
     Key("llm", "n_batch", "int", 256, "Prompt tokens evaluated per batch; cancel is checked between batches.",
@@ -93,7 +94,8 @@ KEYS: tuple[Key, ...] = (
         "Thinking tokens allowed per source before `</think>` is injected; 0 = no thinking.", "tokens", 0),
     Key("llm", "persona", "str", "", "Text put at the start of the first user turn (R1 models take no system prompt)."),
     Key("llm", "backend", "str", "llama", "llama: the on-board model; remote: an OpenAI-compatible server on the LAN "
-        "(vLLM, llama-server, another edgebotd) at remote_url.", choices=("llama", "remote")),
+        "(vLLM, llama-server, another edgebotd) at remote_url; rkllm: the RK3588 NPU through Rockchip's RKLLM "
+        "runtime, `model` then being a .rkllm file (docs/npu.md).", choices=("llama", "remote", "rkllm")),
     Key("llm", "remote_url", "str", "", "Base URL of the remote server's OpenAI API, e.g. http://10.0.0.5:8000/v1."),
     Key("llm", "remote_model", "str", "", "Model name sent to the remote server; empty = the first of its /v1/models."),
     Key("llm", "remote_api_key", "str", "", "Bearer token for the remote server; empty = none."),
@@ -197,6 +199,11 @@ KEYS: tuple[Key, ...] = (
         "empty = all CPUs."),
     # [daemon]
     Key("daemon", "watchdog", "bool", True, "Send WATCHDOG=1 when systemd asks for it (WATCHDOG_USEC)."),
+    # [rkllm]: the NPU backend ([llm] backend = "rkllm")
+    Key("rkllm", "library", "path", "librkllmrt.so", "RKLLM runtime library (version 1.3.0): a path, or a file name "
+        "looked up on the library path (install.sh --npu puts it in /usr/local/lib)."),
+    Key("rkllm", "cpus", "str", "", "CPUs the runtime may use for its CPU work, e.g. 4-7 (the RK3588's A76 cores); "
+        "empty = the runtime's choice."),
     # [[serial]]: one table per microcontroller port (an array section, see ARRAY_SECTIONS)
     Key("serial", "port", "path", "", "Serial device; prefer a stable /dev/serial/by-id/... path. Required in each entry."),
     Key("serial", "baud", "int", 115200, "Line speed.", "bits/s", 300, 4_000_000),

@@ -19,8 +19,8 @@ sessions, think splitter, budget, stats) is unchanged; the differences, each for
   appends tokens mid-stream. When the engine asks for an injection the backend aborts the run and
   starts a new one whose prompt is the old prompt + the thinking so far + ``\\n</think>``, with the
   tokens left of ``max_tokens``. That re-reads the prompt and the thinking (prompt processing on
-  the NPU, ~144 tokens/s for the 1.5B model by Rockchip's figures), so a forced close costs about
-  (prompt + budget) / 144 seconds once; the answer then follows as with llama.cpp.
+  the NPU: published figures for 1.5B W8A8 models range from ~144 to ~340 tokens/s), so a forced
+  close costs about (prompt + budget) / that rate, once; the answer then follows as with llama.cpp.
 - **Sessions / KV cache**: every run uses ``keep_history = 1``, so the runtime keeps the prompt and
   the answer in its KV cache. The next prompt of the same conversation is the canonical history
   (the R1 template drops past thinking) — the cache holds the thinking too, so it is never a prefix
