@@ -228,6 +228,17 @@ def test_cancel_stops_within_a_token_and_during_prompt_processing(fake_libs: Fak
     assert [c.args["aborted"] for c in calls if c.name == "run-end"] == ["1", "0", "1"]
 
 
+def test_a_json_schema_is_refused_not_ignored(fake_libs: FakeLibs, tmp_path: Path, log_path: Path) -> None:
+    backend = loaded(fake_libs.pinned, write_fake_model(tmp_path / "m.rkllm"))
+    try:
+        result = backend.generate(backend.prepare([], "hi"), SamplingParams(json_schema='{"type": "object"}'), 50,
+                                  threading.Event(), Collect())
+    finally:
+        backend.close()
+    assert result.reason == "error" and "cannot constrain an answer to a JSON schema" in result.message
+    assert not list(runs(read_log(log_path)))  # the runtime was never asked
+
+
 def test_runtime_error_is_reported(fake_libs: FakeLibs, tmp_path: Path) -> None:
     backend = loaded(fake_libs.pinned, write_fake_model(tmp_path / "m.rkllm", error_after=2))
     try:

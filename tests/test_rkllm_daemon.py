@@ -84,6 +84,19 @@ def test_think_budget_closes_thinking_by_rerunning(daemon_factory: Any, fake_lib
     assert list(runs(calls))[1].prompt().endswith("".join(THINK_TOKENS[:3]) + "\n</think>")
 
 
+def test_think_budget_zero_closes_thinking_in_the_prompt(daemon_factory: Any, fake_libs: FakeLibs,
+                                                          tmp_path: Path) -> None:
+    log = tmp_path / "fake.log"
+    d = rkllm_daemon(daemon_factory, fake_libs, write_fake_model(tmp_path / "r1.rkllm"), log,
+                     "think_budget = {cli = 0}")
+    events = events_of(d.cli("ask", "--think", "--json", "What is 2+2?").stdout)
+    assert text_of(events, "think-delta") == "" and text_of(events, "answer-delta") == ANSWER
+    assert events[-1]["data"]["stats"]["think_tokens"] == 0
+    calls = read_log(log)
+    assert [c.name for c in calls if c.name in ("run", "abort")] == ["run"]  # nothing to re-run
+    assert next(runs(calls)).prompt().endswith("<｜Assistant｜><think>\n\n</think>")
+
+
 def test_cancel_mid_reply(daemon_factory: Any, fake_libs: FakeLibs, tmp_path: Path) -> None:
     log = tmp_path / "fake.log"
     model = write_fake_model(tmp_path / "loop.rkllm", loop=True, token_delay_us=5000)

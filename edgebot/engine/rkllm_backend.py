@@ -31,7 +31,8 @@ sessions, think splitter, budget, stats) is unchanged; the differences, each for
   (another session, trimmed history, after a cancel) clears the cache first
   (``rkllm_clear_kv_cache``). ``prefill`` does nothing: the runtime cannot evaluate a prompt without
   generating.
-- Sampling: temperature, top-p and top-k per run (``RKLLMSamplingParam``); the runtime has no seed.
+- Sampling: temperature, top-p and top-k per run (``RKLLMSamplingParam``); the runtime has no seed
+  and no grammar, so an answer asked to follow a JSON schema ends with reason ``error``.
 """
 
 from __future__ import annotations
@@ -261,6 +262,9 @@ class RkllmBackend(Backend):
     def generate(self, prompt: PreparedPrompt, params: SamplingParams, max_tokens: int,
                  cancel: threading.Event, on_piece: PieceCallback) -> GenerationResult:
         assert self._lib is not None and prompt.text is not None
+        if params.json_schema is not None:
+            return GenerationResult(reason="error", message="the rkllm backend (the NPU runtime) cannot constrain an "
+                                    "answer to a JSON schema; use [llm] backend = \"llama\" for that")
         text = prompt.text
         base = _GEN_THINK.sub("", text)  # what this turn's history starts with: the prompt minus its <think>
         key, self._history_key = self._history_key, None  # unknown until this run ends normally
