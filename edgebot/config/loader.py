@@ -76,6 +76,10 @@ def check_value(key: Key, value: Any, origin: str, label: str | None = None) -> 
             if isinstance(v, bool) or not isinstance(v, int) or (key.minimum is not None and v < key.minimum):
                 raise ConfigError(f"{where}.{name}: expected {key.allowed()}, got {v!r}")
         return dict(value)
+    if kind == "table":  # contents are checked by the key's owner (e.g. edgebot.actions.registry)
+        if not isinstance(value, dict):
+            raise bad()
+        return copy.deepcopy(value)
     raise AssertionError(kind)
 
 
@@ -103,6 +107,11 @@ def _check_entries(section: str, table: Any, origin: str) -> list[dict[str, Any]
             raise ConfigError(f"{origin}: {label}: {name_key} {checked[name_key]!r} is already configured "
                               f"by entry #{seen[checked[name_key]]}")
         seen[checked[name_key]] = n
+        if section == "actions":  # parameters and phrases: checked by their owner (no heavy imports)
+            from edgebot.actions.registry import check_entry
+
+            defaults = {k: copy.deepcopy(key.default) for k, key in BY_SECTION[section].items()}
+            check_entry({**defaults, **checked}, f"{origin}: {label}")
         entries.append(checked)
     return entries
 
@@ -195,7 +204,7 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
             value: Any = raw
         else:
             text = raw.strip()
-            if key.kind == "table:int" and not text.startswith("{"):
+            if key.kind in ("table:int", "table") and not text.startswith("{"):
                 text = "{" + text + "}"
             try:
                 value = tomllib.loads(f"v = {text}")["v"]

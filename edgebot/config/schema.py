@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Value kinds a key can have. "table:int" is a TOML table whose values are integers.
-KINDS = ("str", "path", "int", "float", "bool", "list:str", "table:int")
+KINDS = ("str", "path", "int", "float", "bool", "list:str", "table:int", "table")
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class Key:
             "bool": "true or false",
             "list:str": "a list of strings",
             "table:int": "a table of integers, e.g. {voice = 64, cli = 1024}",
+            "table": "a table",
         }[self.kind]
         if self.minimum is not None and self.maximum is not None:
             words += f" from {self.minimum:g} to {self.maximum:g}"
@@ -199,6 +200,9 @@ KEYS: tuple[Key, ...] = (
         "empty = all CPUs."),
     # [daemon]
     Key("daemon", "watchdog", "bool", True, "Send WATCHDOG=1 when systemd asks for it (WATCHDOG_USEC)."),
+    Key("daemon", "stall_s", "float", 300.0, "An answer that produces no token for this long (prompt evaluation "
+        "included) counts as a stalled engine: the WATCHDOG=1 ping is withheld so systemd restarts edgebotd; 0 = never.",
+        "seconds", 0.0, 86400.0),
     # [rkllm]: the NPU backend ([llm] backend = "rkllm")
     Key("rkllm", "library", "path", "librkllmrt.so", "RKLLM runtime library (version 1.3.0): a path, or a file name "
         "looked up on the library path (install.sh --npu puts it in /usr/local/lib)."),
@@ -221,9 +225,41 @@ KEYS: tuple[Key, ...] = (
     Key("serial", "session", "str", "", "Conversation (history) name; empty = serial:<port name>."),
     Key("serial", "think_budget", "int", -1, "Thinking tokens for this port; -1 = [llm] think_budget.serial.",
         "tokens", -1, 131072),
+    # [robot]: how declared actions run (docs/actions.md)
+    Key("robot", "actions", "bool", True, "Master switch for [[actions]]: false = no action is ever offered to the "
+        "model or run, and a phrase that names one gets a spoken refusal."),
+    Key("robot", "model_actions", "bool", True, "Offer the declared actions to the model (a grammar makes it answer "
+        "with a valid call or plain text); false = only the phrase fast path runs actions."),
+    Key("robot", "result_timeout_s", "float", 5.0, "Wait this long for the board's R result before the action counts "
+        "as timed out.", "seconds", 0.1, 120.0),
+    Key("robot", "confirm_timeout_s", "float", 20.0, "A question \"Shall I ...?\" waits this long for yes or no.",
+        "seconds", 1.0, 600.0),
+    Key("robot", "yes_words", "list:str", ["yes", "yeah", "yep", "ok", "okay", "sure", "do it", "네", "예", "응", "좋아"],
+        "Replies that confirm a pending action (the whole reply, case and punctuation ignored)."),
+    Key("robot", "no_words", "list:str", ["no", "nope", "cancel", "stop", "don't", "아니", "아니요", "아니오", "취소"],
+        "Replies that decline a pending action."),
+    Key("robot", "done_phrase", "str", "Done: {result}", "Said after an action succeeded ({action}, {result})."),
+    Key("robot", "failed_phrase", "str", "I could not do that: {result}", "Said when an action failed, timed out or "
+        "was refused ({action}, {result})."),
+    # [[actions]]: one table per declared robot action (an array section, see ARRAY_SECTIONS)
+    Key("actions", "name", "str", "", "Action name, as the model and the board see it: letters, digits, _ and -, "
+        "at most 32 bytes. Required in each entry."),
+    Key("actions", "description", "str", "", "What the action does, for the model and `edgebot-cli actions`."),
+    Key("actions", "parameters", "table", {}, "JSON Schema of the arguments: an object schema whose properties may "
+        "use type (string, integer, number, boolean), enum, minimum, maximum, maxLength; {} = no arguments. Extra "
+        "properties are never allowed."),
+    Key("actions", "port", "path", "", "Serial port (as in [[serial]] port) whose board runs the action. Required."),
+    Key("actions", "confirm", "bool", False, "Ask \"Shall I ...?\" first and run only after a yes (voice, CLI or a "
+        "board's Q yes)."),
+    Key("actions", "confirm_prompt", "str", "", "The confirmation question; empty = \"Shall I <description>?\"."),
+    Key("actions", "rate_limit", "int", 0, "Most calls per rate_window_s; 0 = no limit.", "calls", 0, 10000),
+    Key("actions", "rate_window_s", "float", 60.0, "The window of rate_limit.", "seconds", 0.1, 86400.0),
+    Key("actions", "phrases", "table", {}, "Fast path: utterance patterns (any language) mapped to fixed arguments, "
+        "e.g. {\"turn on the light\" = {state = \"on\"}, \"brightness {level}\" = {}}; {name} captures an "
+        "argument. A match runs the action at once, without the model."),
 )
 
-ARRAY_SECTIONS: dict[str, str] = {"serial": "port"}
+ARRAY_SECTIONS: dict[str, str] = {"serial": "port", "actions": "name"}
 """Sections written as arrays of tables (``[[serial]]``), each mapped to the key that names an entry.
 An entry's keys are layered like any other (defaults, board, file entry, environment, command line);
 the environment and command line apply to the one entry a process serves."""

@@ -1,0 +1,139 @@
+"""The model path's contract: how the actions are offered, the one JSON Schema that constrains the
+answer, and reading the answer back.
+
+The model must answer with exactly one JSON object, either a call of a declared action
+``{"action": "<name>", "args": {...}}`` or a plain answer ``{"answer": "<text>"}``. The schema is
+an ``anyOf`` of one strict object per action (its name a ``const``, its ``args`` the action's
+own strict schema) and the answer object; the engine turns it into a llama.cpp grammar through
+``SamplingParams.json_schema`` (the same per-job mechanism as the HTTP API's ``response_format``),
+so sampling can only produce one of those shapes. The arguments are validated again before
+anything is sent (:meth:`Registry.check_call`): the grammar cannot express every JSON Schema rule
+(e.g. ranges of non-integer numbers), and a remote backend may not honour it at all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+from edgebot.actions.registry import Action
+
+MAX_ANSWER_CHARS = 2000
+"""Longest plain answer the schema allows (characters)."""
+
+
+def answer_schema(actions: list[Action]) -> dict[str, Any]:
+    """The JSON Schema every model answer must match when ``actions`` are offered."""
+    calls = [{"type": "object",
+              "properties": {"action": {"const": a.name}, "args": a.schema},
+              "required": ["action", "args"], "additionalProperties": False} for a in actions]
+    plain = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": MAX_ANSWER_CHARS}},
+             "required": ["answer"], "additionalProperties": False}
+    return {"anyOf": [*calls, plain]}
+
+
+def _describe_params(schema: dict[str, Any]) -> str:
+    parts = []
+    for name, spec in schema.get("properties", {}).items():
+        if "enum" in spec:
+            kind = " | ".join(json.dumps(v, ensure_ascii=False) for v in spec["enum"])
+        else:
+            kind = spec.get("type", "value")
+            lo, hi = spec.get("minimum"), spec.get("maximum")
+            if lo is not None or hi is not None:
+                kind += f" {'' if lo is None else lo}..{'' if hi is None else hi}"
+        parts.append(f"{name}: {kind}")
+    return ", ".join(parts)
+
+
+def offer_text(actions: list[Action], question: str) -> str:
+    """The user turn that offers the actions (R1 models take no system prompt) around ``question``."""
+    lines = ["You control a robot. Its actions:"]
+    for a in actions:
+        lines.append(f"- {a.name}({_describe_params(a.schema)}): {a.description}")
+    lines.append('Reply with JSON only: {"action": NAME, "args": {...}} to run one action, '
+                 'or {"answer": TEXT} to answer without acting.')
+    lines.append("")
+    lines.append(question)
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Call:
+    name: Any
+    args: Any
+
+
+@dataclass(frozen=True)
+class Plain:
+    text: str
+
+
+def read_answer(text: str) -> Union[Call, Plain, None]:
+    """The model's answer as a call or a plain answer; None when it is not one of the two shapes
+    (only possible when the grammar was not applied, e.g. a remote backend ignoring it)."""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    if set(obj) == {"answer"} and isinstance(obj["answer"], str):
+        return Plain(obj["answer"])
+    if "action" in obj and set(obj) <= {"action", "args"}:
+        return Call(obj["action"], obj.get("args", {}))
+    return None
+
+
+class AnswerStream:
+    """Streams the text of ``{"answer": "..."}`` while the JSON arrives, so a plain answer is spoken
+    as it is generated; anything else is only buffered. ``feed`` returns the new answer text."""
+
+    PREFIX = '{"answer":'
+
+    def __init__(self) -> None:
+        self.raw = ""
+        self._pos: Optional[int] = None  # index in raw of the next unread character of the string
+        self._closed = False
+
+    def feed(self, piece: str) -> str:
+        self.raw += piece
+        if self._closed:
+            return ""
+        if self._pos is None:
+            compact = "".join(self.raw.split())
+            if not compact.startswith(self.PREFIX[: len(compact)]) or len(compact) <= len(self.PREFIX):
+                return ""
+            if compact[len(self.PREFIX)] != '"':
+                self._closed = True
+                return ""
+            self._pos = self.raw.index('"', self.raw.index(":")) + 1
+        out = []
+        i = self._pos
+        while i < len(self.raw):
+            c = self.raw[i]
+            if c == '"':
+                self._closed = True
+                i += 1
+                break
+            if c == "\\":
+                if i + 1 >= len(self.raw):
+                    break
+                esc = self.raw[i + 1]
+                if esc == "u":
+                    if i + 6 > len(self.raw):
+                        break
+                    try:
+                        out.append(chr(int(self.raw[i + 2:i + 6], 16)))
+                    except ValueError:
+                        pass
+                    i += 6
+                    continue
+                out.append({"n": "\n", "t": "\t", "r": "", "b": "", "f": ""}.get(esc, esc))
+                i += 2
+                continue
+            out.append(c)
+            i += 1
+        self._pos = i
+        return "".join(out)
