@@ -72,6 +72,13 @@ async def cmd_ask(client: BusClient, args: argparse.Namespace) -> int:
         if msg is None:
             print("\nedgebot-cli: edgebotd closed the connection before the answer ended", file=sys.stderr)
             return EXIT_UNREACHABLE
+        if isinstance(msg, m.Action) and msg.ask == ask_id:  # an action this question led to
+            if args.json:
+                _json_line(msg)
+            else:
+                print(f"edgebot-cli: action {msg.name} {json.dumps(msg.args, ensure_ascii=False)}: {msg.result}"
+                      + (f" ({msg.text})" if msg.text else ""), file=sys.stderr)
+            continue
         if getattr(msg, "id", None) != ask_id:
             continue
         if args.json:
@@ -128,6 +135,39 @@ async def cmd_status(client: BusClient, args: argparse.Namespace) -> int:
     return EXIT_DAEMON_ERROR
 
 
+def _print_actions(actions: dict[str, Any]) -> None:
+    declared = actions.get("declared", [])
+    if not declared:
+        print("no actions declared ([[actions]] in the configuration)")
+        return
+    print(f"actions: {'on' if actions.get('enabled') else 'OFF ([robot] actions = false)'}"
+          f"{'' if actions.get('model_actions', True) else ', phrases only (model_actions = false)'}")
+    for a in declared:
+        params = a.get("parameters", {}).get("properties", {})
+        flags = [f"port {a.get('port')}"]
+        if a.get("confirm"):
+            flags.append("confirm")
+        if a.get("rate_limit"):
+            flags.append(f"at most {a['rate_limit']} per {a.get('rate_window_s', 0):g} s")
+        print(f"{a['name']}({', '.join(params)}): {a.get('description', '')} [{', '.join(flags)}]")
+        for name, spec in params.items():
+            print(f"    {name}: {json.dumps(spec, ensure_ascii=False)}")
+        for phrase in a.get("phrases", []):
+            print(f"    says: {phrase!r}")
+
+
+async def cmd_actions(client: BusClient, args: argparse.Namespace) -> int:
+    await client.send(m.Status())
+    msg = await _reply(client, (m.StatusReport,))
+    if not isinstance(msg, m.StatusReport):
+        return EXIT_DAEMON_ERROR
+    if args.json:
+        print(json.dumps(msg.actions, ensure_ascii=False))
+    else:
+        _print_actions(msg.actions)
+    return EXIT_OK
+
+
 async def cmd_say(client: BusClient, args: argparse.Namespace) -> int:
     await client.send(m.Say(text=" ".join(args.text)))
     msg = await _reply(client, (m.Ack,))
@@ -153,7 +193,8 @@ async def _reply(client: BusClient, wanted: tuple[type, ...]) -> Optional[m.Mess
     return None
 
 
-COMMANDS: dict[str, Any] = {"ask": cmd_ask, "status": cmd_status, "say": cmd_say, "cancel": cmd_cancel}
+COMMANDS: dict[str, Any] = {"ask": cmd_ask, "status": cmd_status, "say": cmd_say, "cancel": cmd_cancel,
+                            "actions": cmd_actions}
 # Subcommands that do not talk to the bus first: module (with run_cli(argv, args)) and help text.
 LOCAL_COMMANDS = {"model": "edgebot.models", "doctor": "edgebot.doctor"}
 LOCAL_COMMANDS_HELP = {"model": "download, list and verify models (see: edgebot-cli model --help)",
@@ -179,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("text", nargs="+")
     cancel = sub.add_parser("cancel", help="cancel an answer by id")
     cancel.add_argument("id")
+    actions = sub.add_parser("actions", help="list the robot actions edgebotd may run")
+    actions.add_argument("--json", action="store_true", help="print them as JSON")
     for name, text in LOCAL_COMMANDS_HELP.items():  # parsed by their own modules, imported only when run
         sub.add_parser(name, help=text, add_help=False)
     return p

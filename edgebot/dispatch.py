@@ -22,7 +22,7 @@ from edgebot.engine.scheduler import Engine, EngineBusy, EngineEvent, EngineNotR
 log = logging.getLogger(__name__)
 
 DAEMON_ONLY = {"welcome", "answer-start", "answer-delta", "think-delta", "answer-end", "status-report",
-               "pong", "ack", "error"}
+               "pong", "ack", "error", "action-run", "action"}
 RELAYED = {"heard", "speaking", "serial-port", "listen", "audio-device", "voice-latency"}
 
 
@@ -66,6 +66,28 @@ class Dispatcher:
         self.owners: dict[str, tuple[Connection, m.Ask]] = {}  # ask id -> (asker, ask)
         self.started: set[str] = set()  # ask ids whose answer-start has gone out
         self.voice_latency: dict[str, Any] = {}  # the last voice-latency report, for status
+        self.submitted = 0  # engine jobs submitted for bus asks (status-report queue.submitted)
+        self.actions: Optional[Any] = None  # edgebot.actions.desk.ActionDesk when [[actions]] are declared
+        if config.arrays.get("actions"):
+            self.actions = self._action_desk()
+
+    def _action_desk(self) -> Optional[Any]:
+        """The actions side (docs/actions.md); None, after logging why, when it cannot run."""
+        from edgebot.actions.desk import ActionDesk
+        from edgebot.actions.registry import Registry
+        from edgebot.config import ConfigError
+
+        try:
+            return ActionDesk(self.config, Registry.from_config(self.config), self.engine, self.loop, lambda: self.hub,
+                              self.submit)
+        except ConfigError as exc:
+            log.error("configuration error, no action will run: %s", exc)
+            return None
+
+    def submit(self, job: Job) -> None:
+        """``Engine.submit``, counted (raises EngineBusy / EngineNotReady like it)."""
+        self.engine.submit(job)
+        self.submitted += 1
 
     # -- from clients --------------------------------------------------------------------------
 
@@ -96,6 +118,9 @@ class Dispatcher:
             conn.send(self.status_report())
         elif isinstance(msg, m.Ping):
             conn.send(m.Pong(id=msg.id))
+        elif isinstance(msg, m.ActionResult):
+            if self.actions is not None:
+                self.actions.result(msg)
         elif msg.TYPE in RELAYED:
             if isinstance(msg, m.VoiceLatency):
                 self.voice_latency = {k: v for k, v in vars(msg).items() if v is not None}
@@ -133,8 +158,11 @@ class Dispatcher:
                   sink=lambda ev: self.loop.call_soon_threadsafe(self._deliver, ev))
         self.owners[ask.id] = (conn, ask)
         conn.inflight.add(ask.id)
+        if self.actions is not None and self.actions.wants(ask):  # phrases, confirmation, the model's tools
+            self.actions.start(conn, ask, job, done=lambda: self._forget(ask.id))
+            return
         try:
-            self.engine.submit(job)
+            self.submit(job)
         except (EngineBusy, EngineNotReady) as exc:
             self._forget(ask.id)
             code = "busy" if isinstance(exc, EngineBusy) else "not-ready"
@@ -196,8 +224,9 @@ class Dispatcher:
     def status_report(self) -> m.StatusReport:
         st = self.engine.status()
         return m.StatusReport(server_version=edgebot.__version__, model=st["model"], state=st["state"],
-                              queue=st["queue"], sessions=st["sessions"],
+                              queue={**st["queue"], "submitted": self.submitted}, sessions=st["sessions"],
                               last_tokens_per_s=st["last_tokens_per_s"],
                               memory={"rss_mb": read_rss_mb()}, temperature_c=read_temperature_c(),
                               clients=len(self.hub.connections) if self.hub else 0, error=st["error"],
-                              voice_latency=self.voice_latency)
+                              voice_latency=self.voice_latency,
+                              actions=self.actions.status() if self.actions is not None else {})

@@ -19,16 +19,13 @@ from typing import Any, Optional, Union
 
 from edgebot.actions.registry import Action
 
-MAX_ANSWER_CHARS = 2000
-"""Longest plain answer the schema allows (characters)."""
-
 
 def answer_schema(actions: list[Action]) -> dict[str, Any]:
     """The JSON Schema every model answer must match when ``actions`` are offered."""
     calls = [{"type": "object",
               "properties": {"action": {"const": a.name}, "args": a.schema},
               "required": ["action", "args"], "additionalProperties": False} for a in actions]
-    plain = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": MAX_ANSWER_CHARS}},
+    plain = {"type": "object", "properties": {"answer": {"type": "string"}},
              "required": ["answer"], "additionalProperties": False}
     return {"anyOf": [*calls, plain]}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import logging
 import os
 import sys
@@ -21,6 +22,7 @@ from typing import Any, Optional, Sequence
 
 import edgebot
 from edgebot.bridges import serial_protocol as sp
+from edgebot.bridges.serial_actions import ActionCaller, Call, Done
 from edgebot.bridges.serial_pacing import AnswerSender
 from edgebot.bridges.serial_port import PortUnavailable, SerialLink, open_serial
 from edgebot.bridges.supervisor import Bridge, BusLink, base_parser, bridge_main
@@ -92,6 +94,7 @@ class SerialBridge(Bridge):
 
     client_name = "edgebot-serial"
     role = "bridge"
+    subscriptions = ("action-run",)
 
     def __init__(self, settings: PortSettings) -> None:
         self.s = settings
@@ -108,6 +111,7 @@ class SerialBridge(Bridge):
         self.by_bus: dict[str, _Question] = {}
         self.says: deque[tuple[str, int]] = deque(maxlen=64)
         self._ids = itertools.count(1)
+        self.caller = ActionCaller(settings.timeout_s)
         self._inbox: deque[bytes] = deque()
         self._lost: Optional[str] = None
         self._wake = asyncio.Event()
@@ -154,6 +158,8 @@ class SerialBridge(Bridge):
             deadlines = [] if self.greeted else [hello_deadline]
             if self.active is not None and self.active.sender.deadline() is not None:
                 deadlines.append(self.active.sender.deadline())  # type: ignore[arg-type]
+            if self.caller.deadline() is not None:
+                deadlines.append(self.caller.deadline())  # type: ignore[arg-type]
             timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
@@ -172,6 +178,7 @@ class SerialBridge(Bridge):
         q, self.active = self.active, None
         if q is not None and q.bus_open:
             await self._bus_cancel(q)
+        await self._results(self.caller.fail_all("the board went away"))
 
     async def _report(self, state: str, message: str = "") -> None:
         if (state, message) == self.state:
@@ -209,7 +216,7 @@ class SerialBridge(Bridge):
                 log.debug("%s: before HELLO, ignored %s: %s", self.s.port, ev.code, ev.detail)
             return
         if isinstance(ev, sp.McuHello):
-            if self.active is not None:  # the board restarted and forgot its question
+            if self.active is not None or self.caller.busy:  # the board restarted and forgot its question
                 await self._port_gone()
             self.firmware, self.rx = ev.firmware, ev.rx
             self.greeted = False
@@ -228,6 +235,12 @@ class SerialBridge(Bridge):
                 self._err(ev.id, "unknown-id", "no answer in progress")
             elif not q.sender.ack(ev.seq):
                 self._err(ev.id, "bad-seq", f"chunk {ev.seq} was not sent")
+        elif isinstance(ev, sp.ActionReply):
+            done = self.caller.reply(ev.id, ev.ok, ev.text)
+            if done is None:
+                self._err(ev.id, "unknown-id", "no action in progress")
+            else:
+                await self._results([done])
         elif isinstance(ev, sp.CancelAnswer):
             q = self.active
             if q is None or q.mcu_id != ev.id:
@@ -269,7 +282,12 @@ class SerialBridge(Bridge):
 
     async def _pump(self) -> None:
         q = self.active
-        if q is None:
+        quiet = q is None or not q.sender.outstanding
+        lines, done = self.caller.poll(time.monotonic(), quiet and self.greeted and self.port is not None, self.rx)
+        for line in lines:
+            self._write(line)
+        await self._results(done)
+        if q is None or self.caller.busy:  # answer chunks wait while a T waits for its R
             return
         for line in q.sender.poll(time.monotonic()):
             self._write(line)
@@ -279,6 +297,31 @@ class SerialBridge(Bridge):
                 log.warning("%s: question %d abandoned: no K after %d tries", self.s.port, q.mcu_id, 3)
                 if not await self._bus_cancel(q):
                     self.by_bus.pop(q.bus_id, None)
+
+    async def _results(self, done: list[Done]) -> None:
+        for d in done:
+            log.log(logging.INFO if d.ok else logging.WARNING, "%s: action %s: %s %s", self.s.port, d.bus_id,
+                    "ok" if d.ok else "failed", d.text)
+            if self.link is not None:
+                await self.link.send(m.ActionResult(id=d.bus_id, ok=d.ok, text=d.text, timeout=d.timeout))
+
+    def _serves(self, port: str) -> bool:
+        """Whether ``port`` (from an action's config) is this bridge's port."""
+        if port in (self.s.port, self.s.name):
+            return True
+        return os.path.exists(port) and os.path.exists(self.s.port) and \
+            os.path.realpath(port) == os.path.realpath(self.s.port)
+
+    async def _action(self, msg: m.ActionRun) -> None:
+        if not self._serves(msg.port):
+            return
+        if self.port is None or not self.greeted:
+            await self._results([Done(msg.id, False, f"the board on {self.s.name} is not connected")])
+            return
+        args = json.dumps(msg.args, separators=(",", ":"), ensure_ascii=True)
+        refused = self.caller.add(Call(msg.id, msg.name, args))
+        if refused is not None:
+            await self._results([refused])
 
     # -- the bus --------------------------------------------------------------------------------
 
@@ -301,6 +344,8 @@ class SerialBridge(Bridge):
             self._bus_error(msg)
         elif isinstance(msg, m.Ack) and msg.of == "say" and self.says:
             self.says.popleft()
+        elif isinstance(msg, m.ActionRun):
+            await self._action(msg)
         else:
             return
         self._wake.set()

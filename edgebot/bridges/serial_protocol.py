@@ -31,11 +31,11 @@ ERR_CODES: dict[str, str] = {
     "no-checksum": "this port requires a *HH checksum on every line",
     "line-too-long": f"the line is longer than {MAX_LINE_BYTES} bytes",
     "bad-line": "a NUL or control byte, text that is not UTF-8, or no VERB ID",
-    "unknown-verb": "the verb is not HELLO, Q, K, X, S or P",
+    "unknown-verb": "the verb is not HELLO, Q, K, X, S, P or R",
     "bad-id": "the id is not a number in range (1-65535; 0 for HELLO and P)",
     "bad-args": "missing or extra arguments for the verb",
     # what the line asks for
-    "unknown-id": "K or X for an id that has no answer in progress",
+    "unknown-id": "K, X or R for an id that has no answer or action in progress",
     "bad-seq": "K for a chunk that was never sent",
     "duplicate-id": "Q with the id of the question already in progress",
     "busy": "another question is in progress, or edgebotd is unreachable or full; try again",
@@ -106,6 +106,15 @@ class PingMcu:
 
 
 @dataclass(frozen=True)
+class ActionReply:
+    """``R <id> ok|err [text]``: the result of the host's ``T <id> ...``."""
+
+    id: int
+    ok: bool
+    text: str = ""
+
+
+@dataclass(frozen=True)
 class LineError:
     """A line that could not be taken; the host answers ``ERR <id> <code> <text>``."""
 
@@ -114,7 +123,7 @@ class LineError:
     detail: str
 
 
-Frame = Union[McuHello, Question, ChunkAck, CancelAnswer, SayText, PingMcu]
+Frame = Union[McuHello, Question, ChunkAck, CancelAnswer, SayText, PingMcu, ActionReply]
 Event = Union[Frame, LineError]
 
 
@@ -169,7 +178,7 @@ def _parse_fields(text: str) -> Event:
         return LineError(0, "bad-line" if len(parts) == 0 else "bad-id", "expected VERB ID ...")
     verb, id_token = parts[0].upper(), parts[1]
     rest = parts[2].strip() if len(parts) > 2 else ""
-    if verb not in ("HELLO", "Q", "K", "X", "S", "P"):
+    if verb not in ("HELLO", "Q", "K", "X", "S", "P", "R"):
         return LineError(_parse_number(id_token, 0, MAX_ID) or 0, "unknown-verb", f"unknown verb {parts[0][:12]!r}")
     lo, hi = (0, 0) if verb == "HELLO" else (0, MAX_ID) if verb == "P" else (1, MAX_ID)
     ident = _parse_number(id_token, lo, hi)
@@ -179,6 +188,11 @@ def _parse_fields(text: str) -> Event:
         if not rest:
             return LineError(ident, "bad-args", f"{verb} needs text")
         return Question(ident, rest) if verb == "Q" else SayText(ident, rest)
+    if verb == "R":
+        status, _, detail = rest.partition(" ")
+        if status.lower() not in ("ok", "err"):
+            return LineError(ident, "bad-args", "R <id> ok|err [text]")
+        return ActionReply(ident, status.lower() == "ok", detail.strip())
     args = rest.split()
     if verb == "K":
         seq = _parse_number(args[0], 0, MAX_SEQ) if len(args) == 1 else None
@@ -261,6 +275,11 @@ def format_answer(ident: int, seq: int, text: bytes) -> bytes:
 
 def format_end(ident: int, reason: str) -> bytes:
     return format_line("E", ident, reason)
+
+
+def format_action(ident: int, name: str, args_json: str) -> bytes:
+    """``T <id> <action> <args-json>``: run a declared action; ``args_json`` is compact ASCII JSON."""
+    return format_line("T", ident, name, args_json)
 
 
 def format_ping(ident: int) -> bytes:

@@ -53,6 +53,9 @@ ROUTES: dict[str, tuple[str, str]] = {
     "heard": ("edgebot-speech-in", "subscribers of the type (relayed, no reply)"),
     "speaking": ("edgebot-speech-out", "subscribers of the type (relayed, no reply)"),
     "serial-port": ("edgebot-serial", "subscribers of the type (relayed, no reply)"),
+    "action-run": ("edgebotd", "subscribers of the type: the edgebot-serial serving its `port` runs it"),
+    "action-result": ("edgebot-serial", "edgebotd, which ends the action call of that `id`"),
+    "action": ("edgebotd", "the asker, and subscribers of the type"),
     "subscribe": ("client", "edgebotd, which replies `ack`"),
     "status": ("client", "edgebotd, which replies `status-report`"),
     "status-report": ("edgebotd", "the client that sent `status`"),
@@ -147,9 +150,10 @@ FIELD_HELP: dict[tuple[str, str], str] = {
     ("status-report", "server_version"): "edgebot version of the daemon.",
     ("status-report", "model"): "Path of the GGUF file.",
     ("status-report", "state"): "Engine state: `starting`, `loading`, `ready`, `failed` or `stopped`.",
-    ("status-report", "queue"): "`{waiting, max, running, idle}`: asks waiting, the queue's limit, the id "
-                                "being answered (or null), and whether the engine is idle (no job, no "
-                                "cache re-basing).",
+    ("status-report", "queue"): "`{waiting, max, running, idle, submitted}`: asks waiting, the queue's limit, the "
+                                "id being answered (or null), whether the engine is idle (no job, no "
+                                "cache re-basing), and how many engine jobs bus asks have started since "
+                                "edgebotd started (an action run by a phrase starts none).",
     ("status-report", "sessions"): "One `{name, turns, trimmed_turns, idle_s}` per session: turns kept, "
                                    "turns dropped to fit the context, seconds since last use.",
     ("status-report", "last_tokens_per_s"): "Decode speed of the last answer that had one (tokens/s).",

@@ -175,6 +175,49 @@ class SerialPort(Message):
 
 
 @dataclass
+class ActionRun(Message):
+    """edgebotd -> the serial bridge serving ``port``: run declared action ``name`` with ``args``
+    (already validated) and reply with ``action-result`` of the same ``id``."""
+
+    TYPE: ClassVar[str] = "action-run"
+    id: str
+    port: str
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ActionResult(Message):
+    """The serial bridge -> edgebotd: the board's ``R`` for ``action-run`` ``id`` (``ok`` false with
+    ``text`` saying why when it answered ``err``, never answered, or could not be reached)."""
+
+    TYPE: ClassVar[str] = "action-result"
+    id: str
+    ok: bool
+    text: str = ""
+    timeout: bool = False
+    """True when the board never answered ``R`` (after the bridge's resends)."""
+
+
+@dataclass
+class Action(Message):
+    """One action call and how it ended, published to subscribers and sent to the asker.
+    ``result``: ok, err (the board refused), timeout (no ``R``), refused (undeclared, invalid
+    arguments, switched off, rate limit), declined (not confirmed) or pending (waiting for yes/no);
+    ``path``: phrase (fast path), model, or confirm; ``ask`` the ask that led to it."""
+
+    TYPE: ClassVar[str] = "action"
+    id: str
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+    result: Literal["ok", "err", "timeout", "refused", "declined", "pending"] = "ok"
+    text: str = ""
+    path: str = ""
+    ask: Optional[str] = None
+    source: str = ""
+
+
+@dataclass
 class Subscribe(Message):
     TYPE: ClassVar[str] = "subscribe"
     types: list[str]
@@ -201,6 +244,8 @@ class StatusReport(Message):
     """Why the model failed to load or the engine stopped (empty while all is well)."""
     voice_latency: dict[str, Any] = field(default_factory=dict)
     """The last ``voice-latency`` report (empty before the first voice turn)."""
+    actions: dict[str, Any] = field(default_factory=dict)
+    """``{enabled, declared: [{name, description, parameters, port, confirm, rate_limit, ...}]}``."""
 
 
 @dataclass
@@ -255,6 +300,6 @@ ERROR_CODES = (
 ALL_TYPES: tuple[type[Message], ...] = (
     Hello, Welcome, Ask, AnswerStart, ThinkDelta, AnswerDelta, AnswerEnd, Cancel, Say, Heard,
     Speaking, Subscribe, Status, StatusReport, Ping, Pong, Ack, Error, SerialPort, Listen, AudioDevice,
-    VoiceLatency,
+    VoiceLatency, ActionRun, ActionResult, Action,
 )
 BY_TYPE: dict[str, type[Message]] = {cls.TYPE: cls for cls in ALL_TYPES}
