@@ -149,3 +149,55 @@ def test_answer_stream_stays_silent_for_a_call() -> None:
     stream = tools.AnswerStream()
     assert "".join(stream.feed(p) for p in ['{"action":', ' "led", "args": {"state": "on"}}']) == ""
     assert isinstance(tools.read_answer(stream.raw), tools.Call)
+
+
+def test_enum_values_with_quotes_are_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "q.toml"
+    cfg.write_text('[[actions]]\nname = "say"\nport = "/dev/x"\n'
+                   'parameters = { properties = { word = { enum = ["a\\"b"] } } }\n')
+    with pytest.raises(ConfigError, match="may not contain quotes"):
+        load_config(cfg, board="", environ={})
+
+
+# -- the serial side: T and R lines, one call in flight, resends -----------------------------------
+
+from edgebot.bridges import serial_protocol as sp  # noqa: E402
+from edgebot.bridges.serial_actions import ActionCaller, Call  # noqa: E402
+
+
+def test_r_lines_parse_and_t_lines_format() -> None:
+    assert sp.parse_line(b"R 7 ok LED on", False) == sp.ActionReply(7, True, "LED on")
+    assert sp.parse_line(b"r 7 ERR no such pin", False) == sp.ActionReply(7, False, "no such pin")
+    assert sp.parse_line(b"R 7 ok", False) == sp.ActionReply(7, True, "")
+    assert sp.parse_line(b"R 7 maybe", False) == sp.LineError(7, "bad-args", "R <id> ok|err [text]")
+    assert isinstance(sp.parse_line(b"R 0 ok", False), sp.LineError)
+    line = sp.format_action(3, "led", '{"state":"on"}')
+    assert line.startswith(b'T 3 led {"state":"on"}*') and line.endswith(b"\n")
+    assert int(line[-3:-1], 16) == sp.checksum(line[:-4])
+
+
+def test_one_call_in_flight_resent_then_given_up() -> None:
+    caller = ActionCaller(timeout_s=1.0)
+    assert caller.add(Call("a", "led", '{"state":"on"}')) is None
+    assert caller.add(Call("b", "led", '{"state":"off"}')) is None
+    lines, done = caller.poll(0.0, line_quiet=False, rx=None)
+    assert lines == [] and done == []  # an answer chunk is unacknowledged: wait
+    lines, done = caller.poll(0.0, line_quiet=True, rx=None)
+    assert lines == [sp.format_action(1, "led", '{"state":"on"}')] and caller.busy
+    assert caller.poll(0.5, True, None) == ([], [])
+    assert caller.poll(1.0, True, None)[0] == lines  # resent with the same id
+    assert caller.poll(2.0, True, None)[0] == lines
+    lines2, done = caller.poll(3.0, True, None)
+    assert done[0].bus_id == "a" and not done[0].ok and done[0].timeout
+    assert lines2 == [sp.format_action(2, "led", '{"state":"off"}')]  # the next call goes out
+    assert caller.reply(1, True, "late") is None
+    got = caller.reply(2, True, "LED off")
+    assert got is not None and got.ok and got.text == "LED off" and not caller.busy
+
+
+def test_a_t_line_too_long_for_the_board_is_refused() -> None:
+    caller = ActionCaller()
+    caller.add(Call("a", "say", json.dumps({"text": "x" * 60})))
+    lines, done = caller.poll(0.0, True, rx=64)
+    assert lines == [] and "64-byte buffer" in done[0].text
+    assert caller.fail_all("gone") == []

@@ -81,6 +81,11 @@ def strict_schema(params: dict[str, Any], where: str) -> dict[str, Any]:
         if "enum" in spec:
             if not isinstance(spec["enum"], list) or not spec["enum"]:
                 raise ConfigError(f"{where}: parameter {pname}: enum must be a non-empty list")
+            for option in spec["enum"]:
+                # llama-cpp-python 0.3.x writes a broken grammar for a quote or backslash in an enum
+                if isinstance(option, str) and (set(option) & {'"', "\\"} or not option.isprintable()):
+                    raise ConfigError(f"{where}: parameter {pname}: enum value {option!r} may not contain "
+                                      f"quotes, backslashes or control characters")
         elif spec.get("type") not in SCALAR_TYPES and "const" not in spec:
             raise ConfigError(f"{where}: parameter {pname}: type must be one of {', '.join(SCALAR_TYPES)}")
     required = params.get("required", list(props))  # every parameter is required unless said otherwise
