@@ -243,3 +243,23 @@ def test_switched_off_actions_are_refused_and_nothing_is_sent(tmp_path_factory: 
     finally:
         r.close()
         d.stop()
+
+
+def test_the_board_asks_for_its_own_action_and_confirms_with_a_button(bus: tuple[BusConn, PtyBoard]) -> None:
+    """What examples/arduino/edgebot_led does: its Q leads to a T on the same line (sent while its
+    answer waits), its R becomes the answer; a button's ``Q <id> yes`` confirms a pending action."""
+    conn, board = bus
+    board.send("Q 5 turn on the light")
+    line = board.expect("T ", 10)
+    assert line.split(" ", 2)[2] == 'led {"state":"on"}'
+    board.send(f"R {line.split()[1]} ok LED on")
+    text, reason, _ = board.collect(5, 10)
+    assert (text, reason) == ("Done: LED on", "stop")
+    text, _, actions = run(conn, board, "b1", "open the door", None)
+    assert actions[0]["result"] == "pending"
+    board.send("Q 6 yes")
+    line = board.expect("T ", 10)
+    assert line.split(" ", 2)[2] == "door {}"
+    board.send(f"R {line.split()[1]} ok door open")
+    text, reason, _ = board.collect(6, 10)
+    assert (text, reason) == ("Done: door open", "stop")
