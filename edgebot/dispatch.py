@@ -174,7 +174,8 @@ class Dispatcher:
             conn.send(m.Error("bad-field", "cancel: give an id or a session"))
             return
         found = (self.engine.cancel(msg.id) if msg.id is not None else 0) or \
-            (self.engine.cancel_session(msg.session) if msg.session is not None else 0)
+            (self.engine.cancel_session(msg.session) if msg.session is not None else 0) or \
+            (self.actions.cancel(msg.id) if self.actions is not None and msg.id is not None else 0)
         # Subscribers hear every cancel: speech-out may still be speaking an answer the engine has
         # finished (or a `say`), and must stop it.
         delivered = self.hub.publish(msg, skip=conn)
@@ -185,6 +186,8 @@ class Dispatcher:
         """A client left: its unfinished answers are cancelled so the engine is freed."""
         for ask_id in list(conn.inflight):
             self.engine.cancel(ask_id)
+            if self.actions is not None:
+                self.actions.cancel(ask_id)
 
     # -- from the engine -----------------------------------------------------------------------
 

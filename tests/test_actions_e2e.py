@@ -263,3 +263,16 @@ def test_the_board_asks_for_its_own_action_and_confirms_with_a_button(bus: tuple
     board.send(f"R {line.split()[1]} ok door open")
     text, reason, _ = board.collect(6, 10)
     assert (text, reason) == ("Done: door open", "stop")
+
+
+def test_cancel_while_the_board_works(bus: tuple[BusConn, PtyBoard]) -> None:
+    conn, board = bus
+    conn.send("ask", id="x1", text="light on")
+    line = board.expect("T ", 10)
+    conn.send("cancel", id="x1")
+    text, end, actions = collect(conn, "x1")
+    assert end["type"] == "answer-end" and end["data"]["reason"] == "cancelled" and text == ""
+    assert actions[0]["result"] == "cancelled"
+    board.send(f"R {line.split()[1]} ok LED on")  # the late result frees the line and is ignored
+    text, _, _ = run(conn, board, "x2", "light off", "ok LED off")
+    assert text == "Done: LED off"

@@ -71,6 +71,8 @@ class ActionDesk:
         self.schema_json = json.dumps(tools.answer_schema(list(registry.actions.values())))
         self.pending: Optional[Pending] = None
         self.calls: dict[str, asyncio.Future[m.ActionResult]] = {}
+        self.by_ask: dict[str, asyncio.Future[m.ActionResult]] = {}  # ask id -> the R it waits for
+        self.cancelled: set[str] = set()
         self.history: dict[str, deque[float]] = {name: deque() for name in registry.actions}
         self._ids = itertools.count(1)
         self.tasks: set[asyncio.Task[None]] = set()
@@ -97,6 +99,19 @@ class ActionDesk:
         fut = self.calls.get(msg.id)
         if fut is not None and not fut.done():
             fut.set_result(msg)
+
+    def cancel(self, ask_id: str) -> bool:
+        """``cancel {id}`` (or the asker left): stop waiting for its board's result, or drop its
+        pending confirmation. An action already sent may still happen on the board."""
+        found = False
+        if self.pending is not None and self.pending.ask == ask_id:
+            self.pending, found = None, True
+        fut = self.by_ask.get(ask_id)
+        if fut is not None and not fut.done():
+            self.cancelled.add(ask_id)
+            fut.cancel()
+            found = True
+        return found
 
     def status(self) -> dict[str, Any]:
         return {"enabled": self.registry.enabled, "model_actions": self.robot["model_actions"],
@@ -128,14 +143,20 @@ class ActionDesk:
                 reply = yes_or_no(ask.text, self.robot["yes_words"], self.robot["no_words"])
                 if reply is not None:
                     outcome = await self._confirmed(conn, ask, pending, reply)
-                    self._fixed_answer(conn, ask, outcome.say)
+                    if outcome.result == "cancelled":
+                        self._send(conn, m.AnswerEnd(id=ask.id, reason="cancelled"))
+                    else:
+                        self._fixed_answer(conn, ask, outcome.say)
                     return
                 self._event(conn, ask, pending.action.name, pending.args, "declined",
                             "the next reply was not yes or no", "confirm")
             found = self.matcher.match(ask.text)
             if found is not None:
                 outcome = await self._call(conn, ask, found.action, found.args, "phrase")
-                self._fixed_answer(conn, ask, outcome.say, {"engine_jobs": 0})
+                if outcome.result == "cancelled":
+                    self._send(conn, m.AnswerEnd(id=ask.id, reason="cancelled"))
+                else:
+                    self._fixed_answer(conn, ask, outcome.say, {"engine_jobs": 0})
                 return
             await self._model(conn, ask, job, offer=self.registry.enabled and self.robot["model_actions"])
         except Exception as exc:  # noqa: BLE001 - one bad ask must not break the daemon
@@ -181,7 +202,10 @@ class ActionDesk:
             answer = tools.read_answer(stream.raw)
             if isinstance(answer, tools.Call):
                 outcome = await self._call(conn, ask, answer.name, answer.args, "model")
-                self._say(conn, ask, outcome.say)
+                if outcome.result == "cancelled":
+                    reason = "cancelled"
+                else:
+                    self._say(conn, ask, outcome.say)
             elif isinstance(answer, tools.Plain):
                 pass  # already streamed
             else:
@@ -245,6 +269,7 @@ class ActionDesk:
         hub = self._hub()
         fut: asyncio.Future[m.ActionResult] = self.loop.create_future()
         self.calls[call_id] = fut
+        self.by_ask[ask.id] = fut
         try:
             delivered = hub.publish(m.ActionRun(id=call_id, port=action.port, name=action.name, args=args)) \
                 if hub is not None else 0
@@ -258,8 +283,16 @@ class ActionDesk:
                 why = f"the board did not answer within {self.robot['result_timeout_s']:g} s"
                 self._event(conn, ask, action.name, args, "timeout", why, path, call_id)
                 return Outcome("timeout", why, self._phrase("failed_phrase", action.name, why))
+            except asyncio.CancelledError:
+                if ask.id not in self.cancelled:
+                    raise  # edgebotd is stopping
+                self.cancelled.discard(ask.id)
+                why = "cancelled while waiting for the board (the action may still happen)"
+                self._event(conn, ask, action.name, args, "cancelled", why, path, call_id)
+                return Outcome("cancelled", why, "")
         finally:
             self.calls.pop(call_id, None)
+            self.by_ask.pop(ask.id, None)
         result = "ok" if res.ok else "timeout" if res.timeout else "err"
         self._event(conn, ask, action.name, args, result, res.text, path, call_id)
         key = "done_phrase" if res.ok else "failed_phrase"

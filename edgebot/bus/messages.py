@@ -203,14 +203,15 @@ class ActionResult(Message):
 class Action(Message):
     """One action call and how it ended, published to subscribers and sent to the asker.
     ``result``: ok, err (the board refused), timeout (no ``R``), refused (undeclared, invalid
-    arguments, switched off, rate limit), declined (not confirmed) or pending (waiting for yes/no);
+    arguments, switched off, rate limit), declined (not confirmed), pending (waiting for yes/no) or
+    cancelled (the ask was cancelled while the board's result was awaited);
     ``path``: phrase (fast path), model, or confirm; ``ask`` the ask that led to it."""
 
     TYPE: ClassVar[str] = "action"
     id: str
     name: str
     args: dict[str, Any] = field(default_factory=dict)
-    result: Literal["ok", "err", "timeout", "refused", "declined", "pending"] = "ok"
+    result: Literal["ok", "err", "timeout", "refused", "declined", "pending", "cancelled"] = "ok"
     text: str = ""
     path: str = ""
     ask: Optional[str] = None
