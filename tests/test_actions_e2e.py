@@ -276,3 +276,25 @@ def test_cancel_while_the_board_works(bus: tuple[BusConn, PtyBoard]) -> None:
     board.send(f"R {line.split()[1]} ok LED on")  # the late result frees the line and is ignored
     text, _, _ = run(conn, board, "x2", "light off", "ok LED off")
     assert text == "Done: LED off"
+
+
+def test_arguments_go_on_the_wire_in_declared_order(tmp_path_factory: pytest.TempPathFactory,
+                                                    tool_model: Path) -> None:
+    config = '''
+[[actions]]
+name = "move"
+port = "ttyEDGE"
+parameters = { properties = { dir = { enum = ["left", "right"] }, steps = { type = "integer", minimum = 1, maximum = 9 } } }
+phrases = { "{steps} steps {dir}" = {} }
+'''
+    d = Daemon(tmp_path_factory.mktemp("edgebotd"), tool_model, config)
+    r = Rig(tmp_path_factory.mktemp("rig"), d)
+    try:
+        conn = d.connect()
+        assert r.board is not None
+        text, _, _ = run(conn, r.board, "o1", "3 steps left", "ok moved", 'move {"dir":"left","steps":3}')
+        assert text == "Done: moved"
+        conn.close()
+    finally:
+        r.close()
+        d.stop()

@@ -265,6 +265,7 @@ class ActionDesk:
 
     async def _run(self, conn: Connection, ask: m.Ask, action: Action, args: dict[str, Any], path: str) -> Outcome:
         call_id = f"act-{next(self._ids)}"
+        args = {k: args[k] for k in action.schema["properties"] if k in args}  # declared order on the wire
         self.history[action.name].append(time.monotonic())
         hub = self._hub()
         fut: asyncio.Future[m.ActionResult] = self.loop.create_future()
