@@ -67,6 +67,11 @@ class ActionDesk:
         self.loop = loop
         self._hub = hub
         self.robot = config.section("robot")
+        # The RKLLM runtime has no grammar (it refuses a JSON-schema job): only phrases run actions there.
+        self.model_offer = bool(self.robot["model_actions"]) and config.get("llm", "backend") != "rkllm"
+        if self.robot["model_actions"] and not self.model_offer:
+            log.warning("[llm] backend = \"rkllm\" has no grammar: actions run by phrases only "
+                        "(set [robot] model_actions = false to silence this)")
         self.matcher = PhraseMatcher(list(registry.actions.values()))
         self.schema_json = json.dumps(tools.answer_schema(list(registry.actions.values())))
         self.pending: Optional[Pending] = None
@@ -86,7 +91,7 @@ class ActionDesk:
             return True
         if self.matcher.match(ask.text) is not None:
             return True  # also while switched off: the refusal is said, nothing is run
-        return self.registry.enabled and self.robot["model_actions"]
+        return self.registry.enabled and self.model_offer
 
     def start(self, conn: Connection, ask: m.Ask, job: Job, done: Callable[[], None]) -> None:
         """Handle ``ask`` (its engine ``job`` is already built, not submitted); ``done`` when it ended."""
@@ -114,7 +119,7 @@ class ActionDesk:
         return found
 
     def status(self) -> dict[str, Any]:
-        return {"enabled": self.registry.enabled, "model_actions": self.robot["model_actions"],
+        return {"enabled": self.registry.enabled, "model_actions": self.model_offer,
                 "declared": self.registry.summaries(),
                 "pending": self.pending.action.name if self.pending else None}
 
@@ -158,7 +163,7 @@ class ActionDesk:
                 else:
                     self._fixed_answer(conn, ask, outcome.say, {"engine_jobs": 0})
                 return
-            await self._model(conn, ask, job, offer=self.registry.enabled and self.robot["model_actions"])
+            await self._model(conn, ask, job, offer=self.registry.enabled and self.model_offer)
         except Exception as exc:  # noqa: BLE001 - one bad ask must not break the daemon
             log.exception("action ask %s failed", ask.id)
             conn.send(m.Error("internal", f"the action could not be handled: {exc}", ask.id))
