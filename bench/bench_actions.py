@@ -29,7 +29,8 @@ from edgebot.testing.serial_board import PtyBoard
 
 BIN = Path(sys.executable).parent
 TOOL_SCRIPT = Script(think=("The user", " wants light."), close=("</th", "ink>\n\n"),
-                     answer=('{"action":', ' "led",', ' "args":', ' {"state":', ' "on"}}'))
+                     answer=('{"action":', ' "led",', ' "args":', ' {"state":', ' "on"}}'),
+                     after_close=("I switched", " the light on."))
 ACTIONS = """
 [[actions]]
 name = "led"

@@ -16,7 +16,8 @@ from conftest import BusConn, Daemon
 from test_serial_bridge import Rig
 
 TOOL_SCRIPT = Script(think=("The user", " wants light."), close=("</th", "ink>\n\n"),
-                     answer=('{"action":', ' "led",', ' "args":', ' {"state":', ' "on"}}'))
+                     answer=('{"action":', ' "led",', ' "args":', ' {"state":', ' "on"}}'),
+                     after_close=("I switched", " the light on."))  # the model's sentence about the result
 
 ACTIONS = '''
 [robot]
@@ -125,10 +126,10 @@ def test_model_path_calls_the_led_through_the_grammar(bus: tuple[BusConn, PtyBoa
     text, end, actions = run(conn, board, "m1", "It is dark in here, can you help?", "ok LED on",
                              'led {"state":"on"}')
     assert end["type"] == "answer-end" and end["data"]["reason"] == "stop"
-    assert text == "Done: LED on"
+    assert text == "I switched the light on."  # the result went back to the model, which said so
     assert [(a["name"], a["args"], a["result"], a["path"], a["text"]) for a in actions] == \
         [("led", {"state": "on"}, "ok", "model", "LED on")]
-    assert submitted(conn) == before + 1
+    assert submitted(conn) == before + 2  # the call, then the sentence about its result
 
 
 def test_fast_path_runs_without_an_engine_job(bus: tuple[BusConn, PtyBoard]) -> None:

@@ -32,9 +32,13 @@ from edgebot.actions.registry import Action, CallError, Registry
 from edgebot.bus import messages as m
 from edgebot.bus.hub import Connection, Hub
 from edgebot.config import Config
+from edgebot.engine.prompt import Turn
 from edgebot.engine.scheduler import Engine, EngineBusy, EngineNotReady, Job, JobDelta, JobEnded, JobStarted
 
 log = logging.getLogger(__name__)
+
+CONFIRM_TOKENS = 96
+"""Most tokens of the model's sentence about an action's result."""
 
 
 @dataclass
@@ -209,7 +213,8 @@ class ActionDesk:
                 outcome = await self._call(conn, ask, answer.name, answer.args, "model")
                 if outcome.result == "cancelled":
                     reason = "cancelled"
-                else:
+                elif outcome.result not in ("ok", "err", "timeout") or \
+                        not await self._model_confirms(conn, ask, job, stream.raw, outcome):
                     self._say(conn, ask, outcome.say)
             elif isinstance(answer, tools.Plain):
                 pass  # already streamed
@@ -217,6 +222,32 @@ class ActionDesk:
                 log.warning("ask %s: the model's answer is neither a call nor an answer: %r", ask.id, stream.raw[:200])
                 reason, message = "error", "the model's answer was not a valid action call or answer"
         self._send(conn, m.AnswerEnd(id=ask.id, reason=reason, stats=ev.stats, message=message))  # type: ignore[arg-type]
+
+    async def _model_confirms(self, conn: Connection, ask: m.Ask, job: Job, call_json: str, outcome: Outcome) -> bool:
+        """The board's result goes back to the model, which says what happened (no thinking, no
+        grammar, streamed). False, with nothing said, when that job could not run or said nothing."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        said: list[str] = []
+        result = f"{outcome.result}: {outcome.text}" if outcome.text else outcome.result
+        follow = Job(id=ask.id, text=f"Result: {result}. Tell me in one short sentence what you did.",
+                     source=ask.source, sink=lambda ev: self.loop.call_soon_threadsafe(queue.put_nowait, ev),
+                     session=None, max_tokens=min(job.max_tokens, CONFIRM_TOKENS), think_budget=0,
+                     priority=job.priority, history=[Turn(job.text, call_json.strip())],
+                     sampling=self.engine.settings.sampling)
+        try:
+            self.submit(follow)
+        except (EngineBusy, EngineNotReady) as exc:
+            log.warning("ask %s: no model confirmation (%s); saying the fixed phrase", ask.id, exc)
+            return False
+        while True:
+            ev = await queue.get()
+            if isinstance(ev, JobDelta) and not ev.think and ev.text:
+                if not said and not ev.text.strip():
+                    continue
+                said.append(ev.text)
+                self._say(conn, ask, ev.text)
+            elif isinstance(ev, JobEnded):
+                return bool("".join(said).strip())
 
     # -- one call --------------------------------------------------------------------------------
 

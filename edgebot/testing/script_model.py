@@ -69,6 +69,9 @@ class Script:
     """Answer pieces; the last one is followed by EOS (or, with ``loop``, by ``answer[0]``)."""
     loop: bool = False
     """True: never emit EOS, cycle over the answer pieces forever (for long answers)."""
+    after_close: tuple[str, ...] = ()
+    """Pieces generated after the ``</think>`` *special token* (a think budget spent or 0), then EOS;
+    empty = that token leads to the answer. Lets one model give a second, different reply."""
 
     def __post_init__(self) -> None:
         if not self.answer:
@@ -79,7 +82,7 @@ class Script:
     @property
     def pieces(self) -> tuple[str, ...]:
         """All pieces in generation order (think, close, answer)."""
-        return self.think + self.close + self.answer
+        return self.think + self.close + self.answer + self.after_close
 
     @property
     def think_text(self) -> str:
@@ -150,11 +153,19 @@ def _successors(script: Script, tokens: list[str], piece_ids: list[int]) -> dict
 
     eos_id, close_id = tokens.index(EOS_TEXT), tokens.index(THINK_CLOSE)
     answer0 = piece_ids[len(script.think) + len(script.close)]
-    link(tokens.index(byte_level("\n")), piece_ids[0])  # the prompt ends with "<think>\n"
-    for a, b in zip(piece_ids, piece_ids[1:]):
+    extra = piece_ids[len(piece_ids) - len(script.after_close):] if script.after_close else []
+    main = piece_ids[:len(piece_ids) - len(extra)]
+    link(tokens.index(byte_level("\n")), main[0])  # the prompt ends with "<think>\n"
+    for a, b in zip(main, main[1:]):
         link(a, b)
-    link(piece_ids[-1], answer0 if script.loop else eos_id)
-    link(close_id, answer0)  # an injected </think> leads to the answer
+    link(main[-1], answer0 if script.loop else eos_id)
+    if extra:  # an injected </think> leads to the after_close reply
+        for a, b in zip(extra, extra[1:]):
+            link(a, b)
+        link(extra[-1], eos_id)
+        link(close_id, extra[0])
+    else:
+        link(close_id, answer0)  # an injected </think> leads to the answer
     return succ
 
 
