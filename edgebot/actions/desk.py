@@ -24,7 +24,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from edgebot.actions import tools
 from edgebot.actions.matcher import PhraseMatcher, yes_or_no
@@ -213,8 +213,13 @@ class ActionDesk:
                 outcome = await self._call(conn, ask, answer.name, answer.args, "model")
                 if outcome.result == "cancelled":
                     reason = "cancelled"
-                elif outcome.result not in ("ok", "err", "timeout") or \
-                        not await self._model_confirms(conn, ask, job, stream.raw, outcome):
+                elif outcome.result in ("ok", "err", "timeout"):
+                    said = await self._model_confirms(conn, ask, job, stream.raw, outcome)
+                    if said == "cancelled":
+                        reason = "cancelled"
+                    elif not said:
+                        self._say(conn, ask, outcome.say)
+                else:
                     self._say(conn, ask, outcome.say)
             elif isinstance(answer, tools.Plain):
                 pass  # already streamed
@@ -223,9 +228,11 @@ class ActionDesk:
                 reason, message = "error", "the model's answer was not a valid action call or answer"
         self._send(conn, m.AnswerEnd(id=ask.id, reason=reason, stats=ev.stats, message=message))  # type: ignore[arg-type]
 
-    async def _model_confirms(self, conn: Connection, ask: m.Ask, job: Job, call_json: str, outcome: Outcome) -> bool:
+    async def _model_confirms(self, conn: Connection, ask: m.Ask, job: Job, call_json: str,
+                              outcome: Outcome) -> Union[bool, str]:
         """The board's result goes back to the model, which says what happened (no thinking, no
-        grammar, streamed). False, with nothing said, when that job could not run or said nothing."""
+        grammar, streamed). False, with nothing said, when that job could not run or said nothing;
+        ``"cancelled"`` when the ask was cancelled meanwhile."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
         said: list[str] = []
         result = f"{outcome.result}: {outcome.text}" if outcome.text else outcome.result
@@ -247,6 +254,8 @@ class ActionDesk:
                 said.append(ev.text)
                 self._say(conn, ask, ev.text)
             elif isinstance(ev, JobEnded):
+                if ev.reason == "cancelled":
+                    return "cancelled"
                 return bool("".join(said).strip())
 
     # -- one call --------------------------------------------------------------------------------
