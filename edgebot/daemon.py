@@ -55,7 +55,7 @@ def build_engine(config: Config, on_state: object) -> Engine:
     settings = EngineSettings(
         sampling=sampling,
         queue_max=eng["queue_max"], session_idle_s=eng["session_idle_s"], answer_reserve=eng["answer_reserve"],
-        persona=llm["persona"])
+        persona=llm["persona"], stall_s=config.get("daemon", "stall_s"))
     return Engine(backend, settings, on_state)  # type: ignore[arg-type]
 
 
@@ -155,6 +155,9 @@ async def _watchdog(interval: float, engine: Engine) -> None:
     while True:
         if engine.alive():
             systemd.notify("WATCHDOG=1")
+        elif engine.stalled_s():
+            log.error("engine stalled: the running answer has produced nothing for %.0f s; withholding the watchdog "
+                      "ping so systemd restarts edgebotd", engine.stalled_s())
         else:
             log.error("engine is %s; withholding the watchdog ping so systemd restarts edgebotd", engine.state)
         await asyncio.sleep(interval)

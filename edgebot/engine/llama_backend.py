@@ -22,6 +22,10 @@ from edgebot.engine.think import CLOSE_TAG
 
 log = logging.getLogger(__name__)
 
+FAULT_STALL_ENV = "EDGEBOT_FAULT_STALL_GENERATE"
+"""Fault-injection hook for tests/hostile: set to 1, every answer blocks forever in ``generate``
+(never yields a token, never checks cancel), to prove the watchdog ping stops. Off unless set."""
+
 GET_MODEL = ("Get the model with `deploy/get-model.sh` (DeepSeek-R1-Distill-Qwen-1.5B Q4_K_M GGUF) "
              "or set [llm] model / --model to a GGUF file.")
 
@@ -209,6 +213,9 @@ class LlamaBackend(Backend):
         assert llm is not None
         import llama_cpp
 
+        if os.environ.get(FAULT_STALL_ENV) == "1":  # FAULT INJECTION for tests/hostile only; off unless set
+            log.warning("FAULT INJECTION %s=1: this answer blocks forever without checking cancel", FAULT_STALL_ENV)
+            threading.Event().wait()
         tokens = prompt.tokens
         result = GenerationResult(reason="stop", prompt_tokens=len(tokens), backend="local")
         result.cached_tokens = self._reuse_prefix(tokens)

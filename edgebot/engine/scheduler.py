@@ -107,6 +107,7 @@ class EngineSettings:
     session_idle_s: float = 900.0
     answer_reserve: int = 512
     persona: str = ""
+    stall_s: float = 0.0  # seconds without a token in a running job before alive() is False; 0 = never
 
 
 class Engine:
@@ -128,6 +129,7 @@ class Engine:
         self._stopping = False
         self._rebase: Optional[str] = None  # session whose canonical history should be cached
         self._rebasing = False
+        self._progress = time.monotonic()  # when the running job last started or produced a token
         self._thread = threading.Thread(target=self._run, name="edgebot-engine", daemon=True)
 
     # -- public, any thread --------------------------------------------------------------------
@@ -136,15 +138,28 @@ class Engine:
         self._thread.start()
 
     def submit(self, job: Job) -> None:
+        """Queue ``job``. A full queue refuses it (EngineBusy) unless a waiting job of a lower priority
+        can give up its place: then the latest such job ends with ``busy`` instead, so a voice
+        question is never refused because cli questions fill the queue."""
+        evicted: Optional[Job] = None
         with self._cond:
             if self._stopping:
                 raise EngineNotReady("edgebotd is shutting down")
             if self.state != "ready":
                 raise EngineNotReady(self.error or f"the model is {self.state}")
             if len(self._queue) >= self.settings.queue_max:
-                raise EngineBusy(f"{len(self._queue)} questions are waiting; try again shortly")
+                worst = max(self._queue, key=lambda entry: entry[:2]) if self._queue else None
+                if worst is None or worst[0] <= job.priority:
+                    raise EngineBusy(f"{len(self._queue)} questions are waiting; try again shortly")
+                self._queue.remove(worst)
+                heapq.heapify(self._queue)
+                evicted = worst[2]
             heapq.heappush(self._queue, (job.priority, next(self._seq), job))
             self._cond.notify()
+        if evicted is not None:
+            evicted.end(JobEnded(evicted.id, "error", self._stats(evicted),
+                                 f"the queue is full and a higher-priority question ({job.source}) took this one's "
+                                 f"place; try again shortly", "busy"))
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job; returns False when no such job exists."""
@@ -175,8 +190,16 @@ class Engine:
         return len(dropped) + (1 if current is not None else 0)
 
     def alive(self) -> bool:
-        """True while the worker thread runs and the model is usable (the watchdog's condition)."""
-        return self._thread.is_alive() and self.state in ("loading", "ready")
+        """True while the worker thread runs, the model is usable and no job has stalled (the
+        watchdog's condition)."""
+        return self._thread.is_alive() and self.state in ("loading", "ready") and not self.stalled_s()
+
+    def stalled_s(self) -> float:
+        """Seconds the running job has gone without a token beyond ``stall_s``'s allowance (0: not stalled)."""
+        if not self.settings.stall_s or self._current is None:
+            return 0.0
+        quiet = time.monotonic() - self._progress
+        return quiet if quiet > self.settings.stall_s else 0.0
 
     def status(self) -> dict[str, Any]:
         with self._cond:
@@ -240,6 +263,7 @@ class Engine:
                     job = None
                 else:
                     job = heapq.heappop(self._queue)[2]
+                    self._progress = time.monotonic()
                     self._current = job
             if job is None:
                 try:
@@ -324,7 +348,7 @@ class Engine:
         def on_piece(piece: str) -> Optional[str]:
             nonlocal think_tokens
             marks.setdefault("first", time.monotonic())
-            marks["last"] = time.monotonic()
+            marks["last"] = self._progress = time.monotonic()
             if splitter.thinking:
                 think_tokens += 1
             split = splitter.feed(piece)
