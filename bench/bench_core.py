@@ -35,6 +35,14 @@ QUESTION = ("Question {n}: a classroom robot is asked to explain, in two short s
             "looks blue during the day and red at sunset. What should it say?")
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM it when the bench process dies, even by a crash (PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
 def rss_mb() -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -102,7 +110,8 @@ def main() -> int:
                       f"think_budget = {{cli = 100000}}\nseed = 1\n")
     env = {**os.environ, "NOTIFY_SOCKET": str(tmp / "notify.sock")}
     daemon = subprocess.Popen([str(BIN / "edgebotd"), "--config", str(config), "--model", model, "--socket", sock,
-                               "--board", "generic-x86", "--log-level", "WARNING"], env=env)
+                               "--board", "generic-x86", "--log-level", "WARNING"], env=env,
+                              preexec_fn=_die_with_parent)
     notify.settimeout(300)
     while b"READY=1" not in notify.recv(4096):
         pass
