@@ -34,13 +34,19 @@ def resolve_socket(args: argparse.Namespace) -> str:
     return load_config(args.config, board="").socket_path
 
 
+def argv_text(words: Sequence[str]) -> str:
+    """Arguments joined into text; bytes that are not UTF-8 (Python keeps them as lone surrogates,
+    which cannot be sent) become U+FFFD."""
+    return " ".join(words).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _json_line(msg: m.Message) -> None:
     sys.stdout.write(codec.encode(msg).decode())
     sys.stdout.flush()
 
 
 async def cmd_ask(client: BusClient, args: argparse.Namespace) -> int:
-    question = " ".join(args.question).strip()
+    question = argv_text(args.question).strip()
     if not question:
         print("edgebot-cli ask: the question is empty", file=sys.stderr)
         return EXIT_USAGE
@@ -169,7 +175,7 @@ async def cmd_actions(client: BusClient, args: argparse.Namespace) -> int:
 
 
 async def cmd_say(client: BusClient, args: argparse.Namespace) -> int:
-    await client.send(m.Say(text=" ".join(args.text)))
+    await client.send(m.Say(text=argv_text(args.text)))
     msg = await _reply(client, (m.Ack,))
     return EXIT_OK if isinstance(msg, m.Ack) else EXIT_DAEMON_ERROR
 

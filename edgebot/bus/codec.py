@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from functools import lru_cache
@@ -108,6 +109,9 @@ def from_dict(type_name: str, data: dict[str, Any]) -> Message:
     return cls(**kwargs)
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def decode(line: bytes | str) -> Message:
     """Parse one line (with or without its newline) into a typed message."""
     if isinstance(line, bytes):
@@ -119,6 +123,12 @@ def decode(line: bytes | str) -> Message:
         obj = json.loads(line)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise ProtocolError("bad-json", f"line is not JSON: {exc}") from None
+    if _SURROGATE_ESCAPE.search(line):  # a \ud800-style escape may leave a lone surrogate, which is no character
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError("bad-json", "line contains a lone UTF-16 surrogate escape (\\ud800-\\udfff), "
+                                            "which is not a character") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad-envelope", 'a line must be an object {"type": ..., "data": {...}}')
     type_name = obj.get("type")

@@ -161,6 +161,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
+    except OSError as exc:  # a directory, a dead mount, an I/O error ...
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror or exc})") from None
 
 
 def detect_board() -> str:
