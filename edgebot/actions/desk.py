@@ -21,6 +21,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -309,7 +310,7 @@ class ActionDesk:
         return ""
 
     async def _run(self, conn: Connection, ask: m.Ask, action: Action, args: dict[str, Any], path: str) -> Outcome:
-        call_id = f"act-{next(self._ids)}"
+        call_id = f"act-{next(self._ids)}-{secrets.token_hex(3)}"  # not guessable by another bus client
         args = {k: args[k] for k in action.schema["properties"] if k in args}  # declared order on the wire
         self.history[action.name].append(time.monotonic())
         hub = self._hub()
