@@ -160,6 +160,7 @@ class BusConn:
             report = self.expect("status-report")["data"]
             if report["queue"]["idle"]:
                 return report
+            time.sleep(0.01)  # pacing, not waiting: unpaced polling trips the bus's flood limit (200 lines/s)
         raise TimeoutError("engine not idle")
 
     def close(self) -> None:

@@ -49,6 +49,24 @@ def check_model_file(path: str) -> None:
         raise ModelError(f"model file {path} is truncated ({p.stat().st_size} bytes). {GET_MODEL}")
 
 
+def token_piece(vocab: object, token: int, special: bool = False) -> bytes:
+    """The bytes of one token, however long. llama-cpp-python's ``detokenize``/``token_to_piece``
+    use a 32-byte buffer and silently return nothing for a longer token (Qwen's vocabulary has
+    tokens of long runs of spaces or symbols), so the answer would lose text."""
+    import ctypes
+
+    import llama_cpp
+
+    size = 64
+    buf = ctypes.create_string_buffer(size)
+    n = llama_cpp.llama_token_to_piece(vocab, token, buf, size, 0, special)
+    if n < 0:  # the buffer was too small: -n is the size needed
+        size = -n
+        buf = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buf, size, 0, special)
+    return buf.raw[:max(n, 0)]
+
+
 class LlamaBackend(Backend):
     """One ``llama_cpp.Llama``; every method but ``load``/``info`` runs on the engine thread."""
 
@@ -84,7 +102,7 @@ class LlamaBackend(Backend):
         wanted = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
         for tok in range(model.n_vocab()):
             if model.token_get_attr(tok) & wanted:
-                text = model.token_to_piece(tok, special=True).rstrip(b"\x00").decode("utf-8", "replace")
+                text = token_piece(model.vocab, tok, special=True).decode("utf-8", "replace")
                 if len(text) > 1:
                     self._special[text] = tok
         self._template = llm.metadata.get("tokenizer.chat_template")
@@ -246,7 +264,7 @@ class LlamaBackend(Backend):
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 break
             result.completion_tokens += 1
-            piece = decoder.decode(llm.detokenize([token]))
+            piece = decoder.decode(token_piece(vocab, token))
             inject = on_piece(piece)
             if not answering:
                 seen += piece + (inject or "")

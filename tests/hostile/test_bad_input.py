@@ -203,3 +203,19 @@ def test_the_daemon_exits_78_on_invalid_utf8_config_and_bad_env(tmp_path: Path, 
             args += ["--config", str(cfg)]
         res = subprocess.run(args, env={**env, **extra}, capture_output=True, text=True, timeout=60)
         assert res.returncode == 78 and "configuration error" in res.stderr, res.stderr
+
+
+def test_tokens_longer_than_32_bytes_reach_the_answer(daemon_factory, tmp_path: Path) -> None:
+    """Found here: llama-cpp-python's detokenize has a 32-byte buffer and returned nothing for a
+    longer token (Qwen's vocabulary has such tokens: long runs of spaces, dashes, '=')."""
+    from dataclasses import replace
+
+    from edgebot.testing.script_model import DEFAULT_SCRIPT, write_script_model
+
+    pieces = ("Indent:", " " * 40 + "x", "=" * 64, " 四" * 20, " end.")
+    model = write_script_model(tmp_path / "long-tokens.gguf", replace(DEFAULT_SCRIPT, answer=pieces))
+    d = daemon_factory(model)
+    bus = d.connect()
+    text, end = bus.answer("long", "show me")
+    assert text == "".join(pieces) and end["data"]["reason"] == "stop"
+    bus.close()
