@@ -175,9 +175,9 @@ def test_a_remote_that_stalls_before_answering_falls_back(script_model: Path, ev
         answer, thinking, end, took = ask(engine)
         assert (answer, thinking, end.reason, end.stats["backend"]) == \
             (DEFAULT_SCRIPT.answer_text, DEFAULT_SCRIPT.think_text, "stop", "local")
-        assert 0.5 <= took < 5 and fake.posts.get(timeout=1)["stream"] is True
-        answer, _, end, took = ask(engine, "q2")  # marked down: the next answer goes local at once
-        assert end.stats["backend"] == "local" and took < 0.5 and fake.posts.empty()
+        assert took >= 0.5 and fake.posts.get(timeout=1)["stream"] is True  # it waited for the timeout
+        answer, _, end, took = ask(engine, "q2")  # marked down: the next answer goes local at once,
+        assert end.stats["backend"] == "local" and fake.posts.empty()  # without trying the remote
     finally:
         engine.shutdown()
         fake.close()
@@ -218,11 +218,11 @@ def test_http_errors_and_dead_ports(script_model: Path) -> None:
         engine.shutdown()
         fake.close()
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
-    engine = run_engine(RemoteBackend(dead, timeout_s=2, local=None))
+    engine = run_engine(RemoteBackend(dead, timeout_s=60, local=None))
     try:
         answer, _, end, took = ask(engine)
         assert (answer, end.reason, end.code) == ("", "error", "backend") and "unavailable" in end.message
-        assert took < 2
+        assert took < 30  # a refused connection is known at once, not after the 60 s timeout
     finally:
         engine.shutdown()
 
