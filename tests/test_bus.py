@@ -22,7 +22,7 @@ ANSWER = DEFAULT_SCRIPT.answer_text
 def still_serving(daemon: Daemon) -> None:
     bus = daemon.connect()
     text, end = bus.answer("check", "still there?")
-    assert text == ANSWER and end["data"]["reason"] == "stop"
+    assert text == ANSWER and end["data"]["reason"] == "stop", end
     bus.close()
 
 
