@@ -143,6 +143,9 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
         self.path: Optional[str] = None
         self._owns_path = False  # True when we bound the socket (never unlink one systemd passed us)
+        self._inode = 0  # st_ino of the socket file we bound
+        self._guard: Optional[asyncio.Task[None]] = None
+        self._old_servers: list[asyncio.AbstractServer] = []
 
     async def start(self, path: str, inherited: Optional[socket.socket] = None) -> None:
         """Serve on ``inherited`` (socket activation) or bind ``path`` (mode 0660)."""
@@ -152,6 +155,11 @@ class Hub:
             self.path = inherited.getsockname() or path
             log.info("bus on inherited socket %s", self.path)
             return
+        await self._bind(path)
+        log.info("bus on %s", path)
+        self._guard = asyncio.create_task(self._guard_path(path))
+
+    async def _bind(self, path: str) -> None:
         prepare_socket_path(path)
         old_umask = os.umask(0o117)
         try:
@@ -161,9 +169,32 @@ class Hub:
             os.umask(old_umask)
         os.chmod(path, 0o660)
         _chgrp_edgebot(path)
+        self._inode = os.stat(path).st_ino
         self.path = path
         self._owns_path = True
-        log.info("bus on %s", path)
+
+    async def _guard_path(self, path: str, every_s: float = 2.0) -> None:
+        """Every ``every_s`` seconds: if our socket file was deleted, bind it again (connected clients
+        are unaffected either way); if another socket now sits at the path, leave it alone and never
+        unlink it at exit."""
+        while self._owns_path:
+            await asyncio.sleep(every_s)
+            try:
+                inode = os.stat(path).st_ino
+            except FileNotFoundError:
+                log.warning("the bus socket %s was deleted; binding it again", path)
+                if self._server is not None:
+                    self._old_servers.append(self._server)
+                try:
+                    await self._bind(path)
+                except OSError as exc:
+                    log.error("cannot bind the bus socket %s again: %s", path, exc)
+                continue
+            except OSError:
+                continue
+            if inode != self._inode:
+                log.warning("another socket replaced %s; this edgebotd no longer serves that path", path)
+                self._owns_path = False
 
     def publish(self, msg: Message, skip: Optional[Connection] = None) -> int:
         """Send ``msg`` to every subscriber of its type (except ``skip``); returns how many."""
@@ -176,6 +207,10 @@ class Hub:
 
     async def close(self) -> None:
         """Stop accepting, deliver what is queued (0.5 s at most), close every client."""
+        if self._guard is not None:
+            self._guard.cancel()
+        for server in self._old_servers:
+            server.close()
         if self._server is not None:
             self._server.close()
         conns = list(self.connections)
