@@ -287,3 +287,26 @@ def test_a_full_filesystem_for_the_socket_dir_and_logs(tiny_tmpfs: Path, script_
         code = proc.wait(15)
         notify.close()
     assert code == 0 and not sock.exists()
+
+
+def test_model_file_truncated_in_place_kills_the_daemon_cleanly_for_systemd(daemon_factory, script_model: Path,
+                                                                            tmp_path: Path) -> None:
+    """Known limit, not fixed: the model is mmap'd ([llm] use_mmap, the board profiles' default), so a
+    file truncated *in place* under it ends edgebotd with SIGBUS at the next answer. What holds:
+    no answer is made of garbage, the asker sees the connection close (the CLI exits 3), and the
+    unit's Restart=on-failure brings it back, where the broken file is refused with exit 78
+    (RestartPreventExitStatus=78 stops the loop). `edgebot-cli model pull` renames, never truncates."""
+    model = tmp_path / "model.gguf"
+    shutil.copy(script_model, model)
+    d = daemon_factory(model)
+    assert d.cli("ask", "What is 2+2?").stdout == ANSWER + "\n"
+    with open(model, "r+b") as fh:
+        fh.truncate(1000)
+    res = d.cli("ask", "What is 2+2?")
+    assert res.returncode == 3 and ANSWER not in res.stdout, (res.stdout, res.stderr)
+    assert d.proc.wait(10) == -signal.SIGBUS
+    unit = (REPO / "systemd" / "edgebot.service").read_text()
+    assert "Restart=on-failure" in unit and "RestartPreventExitStatus=78" in unit
+    after = subprocess.run([EDGEBOTD, "--model", str(model), "--socket", str(tmp_path / "y.sock")],
+                           env={**d.env, "NOTIFY_SOCKET": ""}, capture_output=True, text=True, timeout=60)
+    assert after.returncode == 78 and "model" in after.stderr
