@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from edgebot.engine.prompt import Turn
@@ -62,8 +62,10 @@ def test_a_chunk_is_one_server_sent_event() -> None:
     assert json.loads(chunk("c1", 5, "m", None, stats={"prompt_tokens": 2})[6:])["usage"]["total_tokens"] == 2
 
 
+@example(text="><<", cuts=[1, 2], stops=["<", "><<"])  # a later-completing stop that starts earlier wins
 @given(st.text(alphabet="ab<>x", max_size=30), st.lists(st.integers(1, 30), max_size=8),
        st.lists(st.text(alphabet="ab<>", min_size=1, max_size=4), min_size=1, max_size=3))
+@settings(max_examples=2000)
 def test_stop_strings_split_anywhere(text: str, cuts: list[int], stops: list[str]) -> None:
     matcher = StopMatcher(stops)
     out, pos = [], 0
@@ -74,3 +76,12 @@ def test_stop_strings_split_anywhere(text: str, cuts: list[int], stops: list[str
     hits = [i for i in (text.find(s) for s in stops) if i >= 0]
     assert "".join(out) == (text[: min(hits)] if hits else text)
     assert matcher.hit == bool(hits)
+
+
+def test_an_http_job_pushed_out_of_the_queue_is_a_429() -> None:
+    from edgebot.engine.scheduler import JobEnded
+    from edgebot.http.server import _ended_error
+
+    err = _ended_error(JobEnded("h1", "error", {}, "a voice question took its place", "busy"))
+    assert err.status == 429 and "voice question" in err.body()["error"]["message"]
+    assert _ended_error(JobEnded("h2", "error", {}, "boom", "internal")).status == 500

@@ -27,19 +27,33 @@ class StopMatcher:
         text = self._held + text
         self._held = ""
         found = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        first = min(found) if found else len(text)
+        # A stop string that starts before `first` but is not complete yet may still win
+        # (stops "<" and "><<" on ">" then "<"): hold from there and decide with more text.
+        partial = self._partial_start(text, first)
+        if partial is not None:
+            self._held = text[partial:]
+            return text[:partial]
         if found:
             self.hit = True
-            return text[: min(found)]
-        keep = 0
-        for stop in self.stops:
-            for n in range(min(len(stop) - 1, len(text)), keep, -1):
-                if text.endswith(stop[:n]):
-                    keep = n
-                    break
-        self._held = text[len(text) - keep:]
-        return text[: len(text) - keep]
+        return text[:first]
+
+    def _partial_start(self, text: str, limit: int) -> int | None:
+        """The first index before ``limit`` where the rest of ``text`` is a proper prefix of a stop."""
+        longest = max(len(s) for s in self.stops)
+        for j in range(max(0, len(text) - longest + 1), limit):
+            tail = text[j:]
+            if any(len(stop) > len(tail) and stop.startswith(tail) for stop in self.stops):
+                return j
+        return None
 
     def flush(self) -> str:
         """End of the answer: a held tail that never became a stop string is text after all."""
         held, self._held = self._held, ""
-        return "" if self.hit else held
+        if self.hit:
+            return ""
+        found = [i for i in (held.find(s) for s in self.stops) if i >= 0]
+        if found:
+            self.hit = True
+            return held[: min(found)]
+        return held

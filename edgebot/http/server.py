@@ -70,6 +70,8 @@ def _ended_error(ev: JobEnded) -> ApiError:
         return ApiError(503, "the answer was cancelled (edgebotd is stopping)", "server_error", "cancelled")
     if ev.code == "backend":
         return ApiError(502, ev.message, "server_error", "backend_error")
+    if ev.code == "busy":  # pushed out of a full queue by a higher-priority (voice) question
+        return ApiError(429, ev.message or "the engine queue is full", "rate_limit_exceeded", "rate_limit_exceeded")
     return ApiError(500, ev.message or "internal error", "server_error", ev.code or "internal")
 
 
