@@ -63,8 +63,9 @@ def raw_run(llm, n: int, tokens: int) -> tuple[float, float]:
                                                       QUESTION.format(n=n)))  # create_completion adds the BOS
     t0 = time.perf_counter()
     stamps = []
-    for _ in llm.create_completion(prompt, max_tokens=tokens, temperature=0.6, top_p=0.95, top_k=40, stream=True):
-        stamps.append(time.perf_counter())
+    for chunk in llm.create_completion(prompt, max_tokens=tokens, temperature=0.6, top_p=0.95, top_k=40, stream=True):
+        if chunk["choices"][0]["text"]:  # the closing chunk carries no token
+            stamps.append(time.perf_counter())
     return stamps[0] - t0, rate(stamps)
 
 
