@@ -97,6 +97,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--model", help="GGUF (default: the same-shape Q4_K_M stand-in, made once)")
+    ap.add_argument("--raw-first", action="store_true",
+                    help="load the raw baseline before starting edgebotd (load order changes llama.cpp's speed)")
     args = ap.parse_args()
     import llama_cpp
     from shape_model import ensure_shape_model
@@ -109,6 +111,11 @@ def main() -> int:
     config = tmp / "bench.toml"
     config.write_text(f"[llm]\nn_ctx = 4096\nn_threads = {args.threads}\nn_batch = {args.batch}\n"
                       f"think_budget = {{cli = 100000}}\nseed = 1\n")
+    base_rss = rss_mb()
+    llm = None
+    if args.raw_first:
+        llm = llama_cpp.Llama(model, n_ctx=4096, n_threads=args.threads, n_threads_batch=args.threads,
+                              n_batch=args.batch, seed=1, verbose=False)
     env = {**os.environ, "NOTIFY_SOCKET": str(tmp / "notify.sock")}
     daemon = subprocess.Popen([str(BIN / "edgebotd"), "--config", str(config), "--model", model, "--socket", sock,
                                "--board", "generic-x86", "--log-level", "WARNING"], env=env,
@@ -116,9 +123,9 @@ def main() -> int:
     notify.settimeout(300)
     while b"READY=1" not in notify.recv(4096):
         pass
-    base_rss = rss_mb()
-    llm = llama_cpp.Llama(model, n_ctx=4096, n_threads=args.threads, n_threads_batch=args.threads,
-                          n_batch=args.batch, seed=1, verbose=False)
+    if llm is None:
+        llm = llama_cpp.Llama(model, n_ctx=4096, n_threads=args.threads, n_threads_batch=args.threads,
+                              n_batch=args.batch, seed=1, verbose=False)
     raw_rss = rss_mb() - base_rss
     raw, via = [], []
     try:
