@@ -36,6 +36,18 @@ def slow_loop_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
                               replace(DEFAULT_SCRIPT, loop=True), n_embd=512, n_layers=4, n_ff=2048)
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> int:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds; returns the exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class NotifyListener:
     """A real datagram socket at ``$NOTIFY_SOCKET``, collecting what the daemon sends."""
 
@@ -199,13 +211,7 @@ class Daemon:
         return (self.tmp / "edgebotd.log").read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.notify.close()
         self.log.close()
         return self.proc.returncode

@@ -14,7 +14,7 @@ import pytest
 from edgebot.testing.script_model import DEFAULT_SCRIPT, write_script_model
 from edgebot.testing.serial_board import PtyBoard
 
-from conftest import BIN, BusConn, Daemon
+from conftest import BIN, BusConn, Daemon, stop_process
 
 EDGEBOT_SERIAL = str(BIN / "edgebot-serial")
 ANSWER = "The answer is 4."
@@ -37,13 +37,7 @@ class BridgeProc:
                                       "--log-level", "DEBUG"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)
         self.log.close()
         return self.proc.returncode
 

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
-from conftest import BIN, BusConn, Daemon
+from conftest import BIN, BusConn, Daemon, stop_process
 
 SPEECH_IN = str(BIN / "edgebot-speech-in")
 SPEECH_OUT = str(BIN / "edgebot-speech-out")
@@ -100,13 +100,7 @@ class PulseServer:
         return subprocess.Popen(["paplay", f"--device={sink}", str(wav)], env=self.env)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)
         self.log.close()
 
 
@@ -211,13 +205,7 @@ class BridgeProc:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
         return self.proc.returncode
 
