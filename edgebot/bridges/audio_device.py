@@ -53,6 +53,18 @@ def sounddevice() -> Any:
     return sd
 
 
+def print_devices(kind: Kind, prog: str) -> int:
+    """``--list-devices`` of a bridge: the ``kind`` devices on stdout; the exit code."""
+    import sys
+
+    try:
+        print("\n".join(d.describe() for d in list_devices(kind)) or f"no {kind} devices")
+        return 0
+    except AudioDeviceError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+
+
 def list_devices(kind: Kind) -> list[DeviceInfo]:
     """Every device with at least one ``kind`` channel."""
     sd = sounddevice()

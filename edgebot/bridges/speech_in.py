@@ -290,12 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--list-devices", action="store_true", help="list input devices and exit")
     args = parser.parse_args(argv)
     if args.list_devices:
-        try:
-            print("\n".join(d.describe() for d in ad.list_devices("input")) or "no input devices")
-            return 0
-        except ad.AudioDeviceError as exc:
-            print(f"edgebot-speech-in: {exc}", file=sys.stderr)
-            return 1
+        return ad.print_devices("input", "edgebot-speech-in")
     return bridge_main(parser, build, argv,
                        overrides=lambda a: {"speech_in.device": a.device, "speech_in.mode": a.mode})
 

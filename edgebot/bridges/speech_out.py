@@ -282,12 +282,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--list-devices", action="store_true", help="list output devices and exit")
     args = parser.parse_args(argv)
     if args.list_devices:
-        try:
-            print("\n".join(d.describe() for d in ad.list_devices("output")) or "no output devices")
-            return 0
-        except ad.AudioDeviceError as exc:
-            print(f"edgebot-speech-out: {exc}", file=sys.stderr)
-            return 1
+        return ad.print_devices("output", "edgebot-speech-out")
     return bridge_main(parser, build, argv,
                        overrides=lambda a: {"speech_out.device": a.device, "speech_out.voice": a.voice})
 
