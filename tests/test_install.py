@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edgebot.config import load_config
-from edgebot.engine import rkllm_api as api
+from edgebot.engine.backends import rkllm_api as api
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALL = REPO / "deploy" / "install.sh"
