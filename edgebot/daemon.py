@@ -93,7 +93,7 @@ async def serve(config: Config) -> int:
         return EX_CONFIG
     http_api = None
     if config.get("http", "enabled"):  # aiohttp is imported only then (the `http` extra)
-        http_api = await _start_http(config, engine)
+        http_api = await _start_http(config, engine, dispatcher.asks)
         if http_api is None:
             await hub.close()
             return EX_CONFIG
@@ -130,7 +130,7 @@ async def serve(config: Config) -> int:
     return code
 
 
-async def _start_http(config: Config, engine: Engine) -> Optional[Any]:
+async def _start_http(config: Config, engine: Engine, asks: Any) -> Optional[Any]:
     """Start the HTTP API (``[http] enabled``); None after logging why it cannot run."""
     try:
         from edgebot.http.server import HttpApi, config_problem
@@ -141,7 +141,7 @@ async def _start_http(config: Config, engine: Engine) -> Optional[Any]:
     if problem:
         log.error("configuration error: %s", problem)
         return None
-    api = HttpApi(config, engine)
+    api = HttpApi(config, engine, asks)
     try:
         await api.start()
     except OSError as exc:

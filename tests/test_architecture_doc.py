@@ -13,7 +13,7 @@ DOC = REPO / "docs" / "architecture.md"
 PKG = REPO / "edgebot"
 CORE = sorted(
     [p for d in ("config", "bus", "engine") for p in (PKG / d).glob("*.py") if p.name != "__init__.py"]
-    + [PKG / n for n in ("daemon.py", "dispatch.py", "systemd.py", "cli.py")]
+    + [PKG / n for n in ("daemon.py", "dispatch.py", "asks.py", "systemd.py", "cli.py")]
     + [PKG / "bridges" / "supervisor.py", PKG / "testing" / "script_model.py"])
 
 
@@ -65,3 +65,13 @@ def test_cli_imports_nothing_heavy_at_start() -> None:
     ours = {n for n in names if under(n, "edgebot")}
     assert all(under(n, "edgebot.bus") for n in ours), ours
     assert not {n for n in names if under(n, "numpy", "jinja2", "llama_cpp", "vosk", "piper", "sounddevice")}
+
+
+def test_the_ask_pipeline_knows_no_transport() -> None:
+    bad = {n for n in imports(PKG / "asks.py") if under(n, "edgebot.bus", "edgebot.http", "edgebot.actions",
+                                                       "edgebot.dispatch", "aiohttp")}
+    assert not bad, f"asks.py imports {bad}"
+    for front in (PKG / "dispatch.py", PKG / "http" / "server.py", PKG / "actions" / "desk.py"):
+        src = front.read_text()
+        assert "Job(" not in src and "priorities" not in src and "budgets" not in src, \
+            f"{front.name} builds jobs itself; use edgebot.asks"

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
 from edgebot.engine.prompt import Turn
+from edgebot.engine.think import Piece
 
 StopReason = Literal["stop", "length", "cancelled", "error"]
 
-# Called once per generated token with its decoded text ("" while a UTF-8 character is still
-# incomplete); returns text to inject into the stream after it (e.g. "\n</think>" when the think
-# budget is spent), or None.
-PieceCallback = Callable[[str], Optional[str]]
+# Called once per generated token with that token's text already split into thinking and answer
+# (a ``Piece``, made by the backend's ``PieceSplitter``); returns text to inject into the stream
+# after it (e.g. "\n</think>" when the think budget is spent), or None. Injected text and the
+# end of the stream come back as pieces with ``token`` False.
+PieceCallback = Callable[[Piece], Optional[str]]
 
 
 class ModelError(Exception):
@@ -51,6 +53,13 @@ class PreparedPrompt:
     starts_thinking: bool
     text: Optional[str] = None
     count: Optional[int] = None
+    key: Optional[str] = None
+    """The conversation this prompt continues (a session name), set by the engine; a backend that
+    keeps a KV sequence per conversation (llama.cpp) reuses that sequence. None: a one-off prompt."""
+    dropped: Optional[tuple[int, int]] = None
+    """Set by the engine when it dropped old turns: these ``tokens`` are the previous prompt of this
+    conversation with ``(start, count)`` tokens removed at ``start``, so a backend can remove them
+    from its KV cache and shift what follows instead of re-reading it (llama-server's context shift)."""
 
     @property
     def n_tokens(self) -> int:

@@ -20,13 +20,15 @@ from edgebot.engine.jobs import EngineBusy, EngineNotReady, EngineSettings, Job,
 from edgebot.engine.prompt import Turn
 from edgebot.engine.sessions import SessionStore
 from edgebot.engine.stops import StopMatcher
-from edgebot.engine.think import CLOSE_TAG, ThinkSplitter
+from edgebot.engine.think import CLOSE_TAG, Piece
 
 log = logging.getLogger(__name__)
 
 # Injected when the think budget is spent. R1 models end thinking with "\n</think>" and write
 # the blank line before the answer themselves.
 BUDGET_CLOSE = "\n" + CLOSE_TAG
+HOLD_TOKENS = 4
+"""Tokens the think budget waits past its limit while a partial ``</think>`` is held back."""
 
 
 class Engine:
@@ -246,10 +248,10 @@ class Engine:
         if prompt.starts_thinking and job.think_budget <= 0:
             prompt = self.backend.extend(prompt, BUDGET_CLOSE)  # no thinking at all: close it before it starts
         job.sink(JobStarted(job.id, job.label))
-        splitter = ThinkSplitter(prompt.starts_thinking)
         answer: list[str] = []
         marks: dict[str, float] = {}
         think_tokens = 0
+        thinking = prompt.starts_thinking
         stops = StopMatcher(job.stop)
 
         def emit(think: str, text: str) -> None:
@@ -264,25 +266,23 @@ class Engine:
                 answer.append(text)
                 job.sink(JobDelta(job.id, text))
 
-        def on_piece(piece: str) -> Optional[str]:
-            nonlocal think_tokens
-            marks.setdefault("first", time.monotonic())
-            marks["last"] = self._progress = time.monotonic()
-            if splitter.thinking:
-                think_tokens += 1
-            split = splitter.feed(piece)
-            emit(split.think, split.answer)
-            if splitter.thinking and think_tokens >= job.think_budget:
-                inject = BUDGET_CLOSE
-                split = splitter.feed(inject)
-                emit(split.think, split.answer)
-                return inject
+        def on_piece(piece: Piece) -> Optional[str]:
+            nonlocal think_tokens, thinking
+            if piece.token:
+                marks.setdefault("first", time.monotonic())
+                marks["last"] = self._progress = time.monotonic()
+                think_tokens += piece.in_think
+            thinking = piece.thinking
+            emit(piece.think, piece.answer)
+            # A partial </think> held back is probably the model closing its thinking itself: give it
+            # a few more tokens rather than cutting the tag in two.
+            if piece.token and thinking and think_tokens >= job.think_budget and \
+                    not (piece.holding and think_tokens < job.think_budget + HOLD_TOKENS):
+                return BUDGET_CLOSE
             return None
 
         result = self.backend.generate(prompt, job.sampling or self.settings.sampling, job.max_tokens, job.cancel,
                                        on_piece)
-        tail = splitter.flush()
-        emit(tail.think, tail.answer)
         held = stops.flush()
         if held:
             marks.setdefault("answer", time.monotonic())
@@ -295,7 +295,7 @@ class Engine:
             job.end(JobEnded(job.id, "error", stats, result.message or "the backend failed", "backend"))
             return
         message = ""
-        if result.reason == "length" and splitter.thinking:
+        if result.reason == "length" and thinking:
             message = (f"the answer ran out of tokens while still thinking (max_tokens={job.max_tokens}); "
                        f"raise max_tokens or lower the think budget")
         if result.reason in ("stop", "length") and session is not None and answer:

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 from edgebot.engine.backend import (Backend, BackendInfo, GenerationResult, ModelError, PieceCallback,
                                     PreparedPrompt, SamplingParams)
 from edgebot.engine.prompt import Turn, render_segments
-from edgebot.engine.think import CLOSE_TAG
+from edgebot.engine.think import CLOSE_TAG, PieceSplitter
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +252,7 @@ class LlamaBackend(Backend):
                 return result
         # The grammar constrains the answer only: it takes over once the thinking has closed.
         answering, seen = not prompt.starts_thinking, ""
+        pieces = PieceSplitter(prompt.starts_thinking)
         vocab = llm._model.vocab
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         room = self.n_ctx - llm.n_tokens
@@ -265,7 +266,7 @@ class LlamaBackend(Backend):
                 break
             result.completion_tokens += 1
             piece = decoder.decode(token_piece(vocab, token))
-            inject = on_piece(piece)
+            inject = pieces.send(on_piece, piece)
             if not answering:
                 seen += piece + (inject or "")
                 answering, seen = CLOSE_TAG in seen, seen[-len(CLOSE_TAG):]
@@ -281,5 +282,6 @@ class LlamaBackend(Backend):
             llm.eval(feed)
         tail = decoder.decode(b"", final=True)
         if tail:
-            on_piece(tail)
+            on_piece(pieces.feed(tail))
+        on_piece(pieces.flush())
         return result
