@@ -31,8 +31,10 @@ def llama_or_remote(config: Config) -> Backend:
     llm = config.section("llm")
     local: Optional[Backend] = None
     if llm["backend"] != "remote" or llm["fallback"] == "local":
+        eng = config.section("engine")
         local = LlamaBackend(llm["model"], n_ctx=llm["n_ctx"], n_threads=llm["n_threads"], n_batch=llm["n_batch"],
-                             use_mmap=llm["use_mmap"], use_mlock=llm["use_mlock"])
+                             use_mmap=llm["use_mmap"], use_mlock=llm["use_mlock"],
+                             sequences=max(eng["sequences"], eng["parallel"]), kv_tokens=eng["kv_tokens"])
     if llm["backend"] != "remote":
         assert local is not None
         return local

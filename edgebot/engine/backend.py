@@ -56,6 +56,12 @@ class PreparedPrompt:
     key: Optional[str] = None
     """The conversation this prompt continues (a session name), set by the engine; a backend that
     keeps a KV sequence per conversation (llama.cpp) reuses that sequence. None: a one-off prompt."""
+    think_at: Optional[int] = None
+    """With ``starts_thinking``: where the generation prompt's trailing ``<think>`` begins in
+    ``tokens`` (what the conversation's history will no longer hold once the answer is kept)."""
+    turn_ends: Optional[list[int]] = None
+    """Token offset in ``tokens`` right after each earlier turn's answer (None: not known), so the
+    engine can choose how many old turns to drop without rendering the prompt again per turn."""
     dropped: Optional[tuple[int, int]] = None
     """Set by the engine when it dropped old turns: these ``tokens`` are the previous prompt of this
     conversation with ``(start, count)`` tokens removed at ``start``, so a backend can remove them
@@ -79,6 +85,10 @@ class GenerationResult:
     """Which backend produced the answer when that can vary (``remote`` or ``local``); "" = the only one."""
     message: str = ""
     """With reason ``error``: what failed, for a person."""
+    answer_tokens: Optional[tuple[int, ...]] = None
+    answer_text: str = ""
+    """The answer's generated tokens (whitespace-only tokens at either end left out) and their text,
+    when the backend can reuse them in the next prompt (``Turn.answer_tokens``)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,17 @@ class Backend(ABC):
     @abstractmethod
     def prefill(self, prompt: PreparedPrompt, stop: Callable[[], bool]) -> int:
         """Bring the cache to ``prompt`` (batch by batch, giving up when ``stop()``); returns tokens evaluated."""
+
+    max_parallel = 1
+    """How many answers this backend can generate together (``open``/``step``/``finish``); 1: only
+    ``generate``, one at a time (RKLLM, remote)."""
+
+    def forget(self, key: str) -> None:
+        """The conversation ``key`` (a session) ended: free whatever the backend keeps for it."""
+
+    def kv_status(self) -> dict[str, object]:
+        """What the backend's KV cache holds, for ``status-report`` ({} = nothing to say)."""
+        return {}
 
     def close(self) -> None:
         """Free the model."""

@@ -14,21 +14,13 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
+from edgebot.engine.answer import Answer, stats_for
 from edgebot.engine.backend import Backend, ModelError
-from edgebot.engine.jobs import EngineBusy, EngineNotReady, EngineSettings, Job, JobDelta, JobEnded, \
-    JobStarted
-from edgebot.engine.prompt import Turn
+from edgebot.engine.jobs import EngineBusy, EngineNotReady, EngineSettings, Job, JobEnded
 from edgebot.engine.sessions import SessionStore
-from edgebot.engine.stops import StopMatcher
-from edgebot.engine.think import CLOSE_TAG, Piece
 
 log = logging.getLogger(__name__)
 
-# Injected when the think budget is spent. R1 models end thinking with "\n</think>" and write
-# the blank line before the answer themselves.
-BUDGET_CLOSE = "\n" + CLOSE_TAG
-HOLD_TOKENS = 4
-"""Tokens the think budget waits past its limit while a partial ``</think>`` is held back."""
 
 
 class Engine:
@@ -186,6 +178,9 @@ class Engine:
                     job = heapq.heappop(self._queue)[2]
                     self._progress = time.monotonic()
                     self._current = job
+                gone, self.sessions.gone = self.sessions.gone, []
+            for name in gone:  # expired sessions: their KV sequences are free
+                self.backend.forget(name)
             if job is None:
                 try:
                     self._prefill_history(rebase)
@@ -205,123 +200,26 @@ class Engine:
                     self._current = None
 
     def _prefill_history(self, name: Optional[str]) -> None:
-        """Re-base the KV cache on a session's canonical history while idle."""
+        """Re-base the session's KV sequence on its canonical history while idle (the answer without
+        its thinking; usually only the end-of-turn token is left to evaluate)."""
         with self._cond:
             session = self.sessions.peek(name) if name else None
             turns = list(session.turns) if session else []
         if not turns:
             return
         prompt = self.backend.prepare(turns, None, self.settings.persona)
+        prompt.key = name
         n = self.backend.prefill(prompt, lambda: bool(self._queue) or self._stopping)
-        log.debug("re-based cache on session %s: %d tokens evaluated", name, n)
-
-    def _fit(self, job: Job, turns: list[Turn]) -> tuple[Any, int]:
-        """Prepare the prompt, dropping the oldest turns until it leaves room for the answer."""
-        n_ctx = self.backend.info().n_ctx
-        reserve = min(job.max_tokens, self.settings.answer_reserve)
-        dropped = 0
-        while True:
-            prompt = self.backend.prepare(turns[dropped:], job.text, self.settings.persona)
-            if prompt.n_tokens + reserve <= n_ctx or dropped == len(turns):
-                return prompt, dropped
-            dropped += 1
+        log.debug("re-based the cache on session %s: %d tokens evaluated", name, n)
 
     def _answer(self, job: Job) -> None:
-        if job.cancel.is_set():
-            job.end(JobEnded(job.id, "cancelled", self._stats(job)))
+        answer = Answer(self, job)
+        prompt = answer.begin()
+        if prompt is None:
             return
-        with self._cond:
-            session = self.sessions.get(job.session) if job.session and job.history is None else None
-            turns = list(job.history) if job.history is not None else list(session.turns) if session else []
-        prompt, dropped = self._fit(job, turns)
-        n_ctx = self.backend.info().n_ctx
-        if prompt.n_tokens >= n_ctx - 1:
-            job.end(JobEnded(job.id, "error", self._stats(job),
-                              f"the question is {prompt.n_tokens} tokens but the context holds {n_ctx}; "
-                              f"ask something shorter", "too-long"))
-            return
-        if dropped and session is not None:
-            with self._cond:
-                del session.turns[:dropped]
-                session.trimmed_turns += dropped
-            log.info("session %s: trimmed %d oldest turn(s) to fit %d tokens", job.session, dropped, n_ctx)
-        if prompt.starts_thinking and job.think_budget <= 0:
-            prompt = self.backend.extend(prompt, BUDGET_CLOSE)  # no thinking at all: close it before it starts
-        job.sink(JobStarted(job.id, job.label))
-        answer: list[str] = []
-        marks: dict[str, float] = {}
-        think_tokens = 0
-        thinking = prompt.starts_thinking
-        stops = StopMatcher(job.stop)
-
-        def emit(think: str, text: str) -> None:
-            if think and job.show_think:
-                job.sink(JobDelta(job.id, think, think=True))
-            if text and not stops.hit:
-                text = stops.feed(text)
-                if stops.hit:
-                    job.cancel.set()  # a stop string ends the generation; its reason becomes "stop" below
-            if text:
-                marks.setdefault("answer", time.monotonic())
-                answer.append(text)
-                job.sink(JobDelta(job.id, text))
-
-        def on_piece(piece: Piece) -> Optional[str]:
-            nonlocal think_tokens, thinking
-            if piece.token:
-                marks.setdefault("first", time.monotonic())
-                marks["last"] = self._progress = time.monotonic()
-                think_tokens += piece.in_think
-            thinking = piece.thinking
-            emit(piece.think, piece.answer)
-            # A partial </think> held back is probably the model closing its thinking itself: give it
-            # a few more tokens rather than cutting the tag in two.
-            if piece.token and thinking and think_tokens >= job.think_budget and \
-                    not (piece.holding and think_tokens < job.think_budget + HOLD_TOKENS):
-                return BUDGET_CLOSE
-            return None
-
         result = self.backend.generate(prompt, job.sampling or self.settings.sampling, job.max_tokens, job.cancel,
-                                       on_piece)
-        held = stops.flush()
-        if held:
-            marks.setdefault("answer", time.monotonic())
-            answer.append(held)
-            job.sink(JobDelta(job.id, held))
-        if stops.hit and result.reason == "cancelled":
-            result.reason = "stop"
-        stats = self._stats(job, result, think_tokens, marks)
-        if result.reason == "error":
-            job.end(JobEnded(job.id, "error", stats, result.message or "the backend failed", "backend"))
-            return
-        message = ""
-        if result.reason == "length" and thinking:
-            message = (f"the answer ran out of tokens while still thinking (max_tokens={job.max_tokens}); "
-                       f"raise max_tokens or lower the think budget")
-        if result.reason in ("stop", "length") and session is not None and answer:
-            with self._cond:
-                session.turns.append(Turn(job.text, "".join(answer).strip()))
-                self._rebase = session.name
-        if stats.get("tokens_per_s"):
-            self.last_tokens_per_s = stats["tokens_per_s"]
-        job.end(JobEnded(job.id, result.reason, stats, message))
+                                       answer.on_piece)
+        answer.end(result)
 
-    def _stats(self, job: Job, result: Any = None, think_tokens: int = 0,
-               marks: Optional[dict[str, float]] = None) -> dict[str, Any]:
-        """``answer-end.stats``: token counts in tokens, times in milliseconds since the ask."""
-        stats: dict[str, Any] = {"prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0,
-                                 "think_tokens": think_tokens, "ttft_ms": None, "answer_ms": None,
-                                 "tokens_per_s": None, "backend": None}
-        if result is not None:
-            stats.update(prompt_tokens=result.prompt_tokens, cached_tokens=result.cached_tokens,
-                         completion_tokens=result.completion_tokens, backend=result.backend or None)
-        if marks:
-            ms = lambda t: round((t - job.submitted) * 1000.0, 1)  # noqa: E731
-            if "first" in marks:
-                stats["ttft_ms"] = ms(marks["first"])
-                span = marks["last"] - marks["first"]
-                if result is not None and result.completion_tokens > 1 and span > 0:
-                    stats["tokens_per_s"] = round((result.completion_tokens - 1) / span, 2)
-            if "answer" in marks:
-                stats["answer_ms"] = ms(marks["answer"])
-        return stats
+    def _stats(self, job: Job) -> dict[str, Any]:
+        return stats_for(job)

@@ -29,6 +29,7 @@ class SessionStore:
         self.idle_s = idle_s
         self.clock = clock
         self._sessions: dict[str, Session] = {}
+        self.gone: list[str] = []  # expired since the engine last freed their KV sequences
 
     def get(self, name: str) -> Session:
         self.expire()
@@ -47,6 +48,7 @@ class SessionStore:
         gone = [n for n, s in self._sessions.items() if now - s.last_used > self.idle_s]
         for name in gone:
             del self._sessions[name]
+        self.gone += gone
         return gone
 
     def snapshot(self) -> list[dict[str, Any]]:
