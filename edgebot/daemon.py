@@ -34,7 +34,7 @@ def llama_or_remote(config: Config) -> Backend:
         eng = config.section("engine")
         local = LlamaBackend(llm["model"], n_ctx=llm["n_ctx"], n_threads=llm["n_threads"], n_batch=llm["n_batch"],
                              use_mmap=llm["use_mmap"], use_mlock=llm["use_mlock"],
-                             sequences=max(eng["sequences"], eng["parallel"]), kv_tokens=eng["kv_tokens"])
+                             sequences=eng["sequences"] + eng["parallel"], kv_tokens=eng["kv_tokens"])
     if llm["backend"] != "remote":
         assert local is not None
         return local
@@ -58,7 +58,7 @@ def build_engine(config: Config, on_state: object) -> Engine:
     settings = EngineSettings(
         sampling=sampling,
         queue_max=eng["queue_max"], session_idle_s=eng["session_idle_s"], answer_reserve=eng["answer_reserve"],
-        persona=llm["persona"], stall_s=config.get("daemon", "stall_s"))
+        persona=llm["persona"], stall_s=config.get("daemon", "stall_s"), parallel=eng["parallel"])
     return Engine(backend, settings, on_state)  # type: ignore[arg-type]
 
 

@@ -92,3 +92,4 @@ class EngineSettings:
     answer_reserve: int = 512
     persona: str = ""
     stall_s: float = 0.0  # seconds without a token in a running job before alive() is False; 0 = never
+    parallel: int = 1  # answers decoded together (continuous batching) when the backend can; 1 = one at a time

@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Optional
 
 from edgebot.engine.answer import Answer, stats_for
+from edgebot.engine.batching import Batching
 from edgebot.engine.backend import Backend, ModelError
 from edgebot.engine.jobs import EngineBusy, EngineNotReady, EngineSettings, Job, JobEnded
 from edgebot.engine.sessions import SessionStore
@@ -37,7 +38,11 @@ class Engine:
         self.last_tokens_per_s: Optional[float] = None
         self._queue: list[tuple[int, int, Job]] = []
         self._seq = itertools.count()
-        self._current: Optional[Job] = None
+        self._running: list[Job] = []  # started and not ended, in the order they started (paused ones too)
+        self.parallel = max(1, min(settings.parallel, backend.max_parallel))
+        if settings.parallel > self.parallel:
+            log.warning("[engine] parallel = %d, but the %s backend decodes %d answer(s) at a time", settings.parallel,
+                        backend.info().name, self.parallel)
         self._cond = threading.Condition()
         self._stopping = False
         self._rebase: Optional[str] = None  # session whose canonical history should be cached
@@ -93,14 +98,12 @@ class Engine:
                     keep.append(entry)
             self._queue = keep
             heapq.heapify(self._queue)
-            current = self._current
-            if current is None or current.ended or not match(current):
-                current = None
-            if current is not None:
-                current.cancel.set()
+            running = [j for j in self._running if not j.ended and match(j)]
+            for job in running:
+                job.cancel.set()
         for job in dropped:
             job.end(JobEnded(job.id, reason, self._stats(job), message))
-        return len(dropped) + (1 if current is not None else 0)
+        return len(dropped) + len(running)
 
     def alive(self) -> bool:
         """True while the worker thread runs, the model is usable and no job has stalled (the
@@ -109,7 +112,7 @@ class Engine:
 
     def stalled_s(self) -> float:
         """Seconds the running job has gone without a token beyond ``stall_s``'s allowance (0: not stalled)."""
-        if not self.settings.stall_s or self._current is None:
+        if not self.settings.stall_s or not self._running:
             return 0.0
         quiet = time.monotonic() - self._progress
         return quiet if quiet > self.settings.stall_s else 0.0
@@ -119,8 +122,9 @@ class Engine:
             self.sessions.expire()
             return {"state": self.state, "error": self.error, "model": self.backend.info().model,
                     "queue": {"waiting": len(self._queue), "max": self.settings.queue_max,
-                              "running": self._current.id if self._current else None,
-                              "idle": not self._queue and self._current is None and self._rebase is None
+                              "running": self._running[0].id if self._running else None,
+                              "batch": [j.id for j in self._running], "parallel": self.parallel,
+                              "idle": not self._queue and not self._running and self._rebase is None
                               and not self._rebasing},
                     "sessions": self.sessions.snapshot(), "last_tokens_per_s": self.last_tokens_per_s}
 
@@ -154,7 +158,10 @@ class Engine:
             return
         self._set_state("ready", "ready")
         try:
-            self._serve_jobs()
+            if self.parallel > 1:
+                Batching(self).serve()
+            else:
+                self._serve_jobs()
         except Exception as exc:  # noqa: BLE001 - the engine must never vanish silently
             log.exception("engine worker failed")
             self._set_state("failed", f"engine worker failed: {exc}")
@@ -177,7 +184,7 @@ class Engine:
                 else:
                     job = heapq.heappop(self._queue)[2]
                     self._progress = time.monotonic()
-                    self._current = job
+                    self._running = [job]
                 gone, self.sessions.gone = self.sessions.gone, []
             for name in gone:  # expired sessions: their KV sequences are free
                 self.backend.forget(name)
@@ -197,7 +204,7 @@ class Engine:
                 job.end(JobEnded(job.id, "error", {}, f"internal error: {exc}", "internal"))
             finally:
                 with self._cond:
-                    self._current = None
+                    self._running = []
 
     def _prefill_history(self, name: Optional[str]) -> None:
         """Re-base the session's KV sequence on its canonical history while idle (the answer without
