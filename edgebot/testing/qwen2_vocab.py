@@ -130,11 +130,8 @@ def extract_vocab(sdist: Path, dest: Path) -> Path:
     return dest
 
 
-def fetch_vocab(dest: Optional[Path] = None) -> Path:
-    """Download the sdist with pip (or reuse ``~/.cache/edgebot/sdist/``) and extract the vocabulary."""
-    dest = dest or vocab_path()
-    if dest.is_file() and _sha256(dest) == VOCAB_SHA256:
-        return dest
+def fetch_sdist() -> Path:
+    """The llama-cpp-python sdist in ``~/.cache/edgebot/sdist/``, downloaded with pip when missing."""
     sdists = cache_dir() / "sdist"
     sdist = sdists / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
     if not sdist.is_file():
@@ -144,7 +141,15 @@ def fetch_vocab(dest: Optional[Path] = None) -> Path:
                             "-d", tmp, f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"], check=True)
             sdists.mkdir(parents=True, exist_ok=True)
             (Path(tmp) / sdist.name).replace(sdist)
-    return extract_vocab(sdist, dest)
+    return sdist
+
+
+def fetch_vocab(dest: Optional[Path] = None) -> Path:
+    """Download the sdist with pip (or reuse ``~/.cache/edgebot/sdist/``) and extract the vocabulary."""
+    dest = dest or vocab_path()
+    if dest.is_file() and _sha256(dest) == VOCAB_SHA256:
+        return dest
+    return extract_vocab(fetch_sdist(), dest)
 
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -214,10 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI: print the vocabulary's path; ``--fetch`` gets it first when it is missing."""
     parser = argparse.ArgumentParser(prog="python -m edgebot.testing.qwen2_vocab", description=__doc__.split("\n")[0])
     parser.add_argument("--fetch", action="store_true", help="download the sdist with pip and extract the file")
+    parser.add_argument("--sdist", action="store_true", help="print the sdist's path instead (downloaded if missing)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="qwen2_vocab: %(message)s")
     try:
-        path = fetch_vocab() if args.fetch else find_vocab()
+        path = fetch_sdist() if args.sdist else fetch_vocab() if args.fetch else find_vocab()
     except (VocabMissing, ValueError, subprocess.CalledProcessError) as exc:
         print(f"qwen2_vocab: {exc}", file=sys.stderr)
         return 1
