@@ -107,6 +107,7 @@ class LlamaBackend(Backend):
         self._special_re: Optional[re.Pattern[str]] = None  # any of them, longest first
         self._spelled: dict[str, list[int]] = {}  # a special token's text as plain-character tokens
         self._template: Optional[str] = None
+        self._closing = threading.Lock()  # a grammar check on another thread never races the model's release
         self._bos_text = ""
         self._eos_text = ""
 
@@ -143,9 +144,10 @@ class LlamaBackend(Backend):
         return BackendInfo(name="llama.cpp", model=self.model_path, n_ctx=self.n_ctx)
 
     def close(self) -> None:
-        if self._llm is not None:
-            self._llm.close()
-            self._llm = None
+        with self._closing:
+            if self._llm is not None:
+                self._llm.close()
+                self._llm = None
 
     # -- prompts -----------------------------------------------------------------------------
 
@@ -254,17 +256,18 @@ class LlamaBackend(Backend):
             raise ValueError(f"a pattern in the JSON schema uses {bad_escape}, which llama-cpp-python's grammar "
                              f"converter does not translate; write a character class instead (e.g. [0-9] for \\d, "
                              f"[.] for \\.)")
-        llm = self._llm
-        if llm is not None:
-            # llama-cpp-python adds a grammar sampler without checking it parsed (a NULL would crash):
-            # parse it once here first. Reads only the vocabulary, so any thread may do it.
-            import llama_cpp
+        # llama-cpp-python adds a grammar sampler without checking it parsed (a NULL would crash):
+        # parse it once here first. Reads only the vocabulary, so any thread may do it.
+        with self._closing:
+            llm = self._llm
+            if llm is not None:
+                import llama_cpp
 
-            probe = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, grammar._grammar.encode(), b"root")
-            if not probe:
-                raise ValueError("llama.cpp refused the grammar made from the JSON schema (its converter does not "
-                                 "support some construct in it, e.g. an escape in a pattern); simplify the schema")
-            llama_cpp.llama_sampler_free(probe)
+                probe = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, grammar._grammar.encode(), b"root")
+                if not probe:
+                    raise ValueError("llama.cpp refused the grammar made from the JSON schema (its converter does "
+                                     "not support some construct in it); simplify the schema")
+                llama_cpp.llama_sampler_free(probe)
         return grammar
 
     def check_grammar(self, json_schema: str) -> None:
