@@ -162,3 +162,32 @@ def test_tokenize_text_is_linear(backend: Any) -> None:
     tokens = backend.tokenize_text("<think>" * 149_000)
     took = time.perf_counter() - start
     assert len(tokens) == 7 * 149_000 and took < 3.0, took
+
+
+def test_a_grammar_step_over_the_time_budget_ends_the_answer(backend: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backstop behind the bounds: one grammar-constrained token slower than GRAMMAR_STEP_S ends
+    the answer with an error saying so (here the budget is set to 0, so the first one is too slow)."""
+    import threading
+
+    from edgebot.engine.backend import SamplingParams
+    from edgebot.engine.backends import llama
+
+    monkeypatch.setattr(llama, "GRAMMAR_STEP_S", 0.0)
+    prompt = backend.prepare([], "What is 2+2?")
+    result = backend.generate(prompt, SamplingParams(json_schema='{"type": "object"}'), 200, threading.Event(),
+                              lambda piece: None)
+    assert result.reason == "error" and "GRAMMAR" not in result.message and "simplify the schema" in result.message
+
+
+def test_actions_that_together_exceed_the_bounds_are_a_config_error() -> None:
+    from edgebot.actions.registry import Registry, check_entry
+    from edgebot.config.loader import ConfigError
+
+    params = {"properties": {f"p{i}": {"type": "integer"} for i in range(8)}}
+    actions = [check_entry({"name": f"a{n}", "port": "/dev/ttyUSB0", "description": "x", "parameters": params,
+                            "confirm": False, "confirm_prompt": "", "rate_limit": 0, "rate_window_s": 60.0,
+                            "phrases": {}}, f"[[actions]] #{n}") for n in range(40)]
+    with pytest.raises(ConfigError) as err:
+        Registry(actions)
+    assert "max_properties" in str(err.value) and "fewer actions" in str(err.value)
+    Registry(actions[:20])  # 20 actions of 8 parameters are fine
