@@ -224,7 +224,9 @@ def check_pattern(pattern: str, limits: SchemaLimits = DEFAULT_LIMITS, where: st
     """Raise SchemaLimitError for a regular expression whose grammar would be huge or ambiguous:
     too long, a ``{m,n}`` over ``max_repeat``, nested counts whose product is over
     ``max_repeat_product``, or a repeated group that can match the empty string (``(a?)*``,
-    ``((a?){0,50}){0,50}``: the nested-quantifier shape that made each token cost seconds)."""
+    ``((a?){0,50}){0,50}``: the nested-quantifier shape that made each token cost seconds). Also
+    an unescaped ``]`` or ``}`` that closes nothing, or a ``{`` that is not a count: on those the
+    grammar converter of llama-cpp-python 0.3.x loops forever (``^[]a]$``)."""
     if len(pattern) > limits.max_pattern_chars:
         raise SchemaLimitError(f"the pattern is {len(pattern)} characters, more than {limits.max_pattern_chars}",
                                "max_pattern_chars", where)
@@ -258,6 +260,8 @@ def check_pattern(pattern: str, limits: SchemaLimits = DEFAULT_LIMITS, where: st
                 stack[-1].alternatives[-1].append(last)
             i += 1
             continue
+        if c in "]}":  # llama-cpp-python's converter loops forever on these (0.3.x)
+            raise SchemaLimitError(f"pattern: a {c!r} at {i} closes nothing; write it as \\{c}", "pattern syntax", where)
         if c == "|":
             stack[-1].alternatives.append([])
             last = None
@@ -274,11 +278,9 @@ def check_pattern(pattern: str, limits: SchemaLimits = DEFAULT_LIMITS, where: st
             if c == "{":
                 close = pattern.find("}", i)
                 counts = _count(pattern[i + 1:close]) if close > 0 else None
-                if counts is None:  # a literal brace
-                    last = _Part()
-                    seq.append(last)
-                    i += 1
-                    continue
+                if counts is None:
+                    raise SchemaLimitError(f"pattern: {pattern[i:i + 12]!r} at {i} is not a repeat count {{m,n}}; "
+                                           f"write a literal brace as \\{{", "pattern syntax", where)
                 end = close + 1
             else:
                 counts = {"*": (0, None), "+": (1, None), "?": (0, 1)}[c]

@@ -242,9 +242,15 @@ class HttpApi:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         raw = await self._read_body(request)
         loop = asyncio.get_running_loop()
+        checking = self._checker.submit(self._check, raw)
         try:
-            req = await asyncio.wait_for(loop.run_in_executor(self._checker, self._check, raw), CHECK_S)
+            req = await asyncio.wait_for(asyncio.wrap_future(checking), CHECK_S)
         except asyncio.TimeoutError:
+            if checking.running():  # stuck in this request's own check: later requests get a fresh thread
+                self._checker.shutdown(wait=False, cancel_futures=False)
+                self._checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgebot-http-check")
+                log.error("HTTP: a request's check ran over %g s; its thread is abandoned (it may go on using CPU; "
+                          "restart edgebotd if this repeats)", CHECK_S)
             raise ApiError(503, f"checking the request took more than {CHECK_S:g} s (other requests may be "
                                 f"waiting to be checked); try again, or send a simpler JSON schema",
                            "server_error", "overloaded") from None

@@ -56,6 +56,7 @@ BOMBS = {
     "a repeat of 5000": ({"type": "string", "pattern": "^a{0,5000}$"}, "pattern"),
     "a 2000-character pattern": ({"type": "string", "pattern": "^" + "ab" * 1000 + "$"}, "pattern"),
     "a remote $ref": ({"$ref": "https://example.invalid/schema.json"}, "$ref"),
+    "a stray ] (the converter loops forever)": ({"type": "string", "pattern": "^[]a]$"}, "pattern"),
 }
 
 
