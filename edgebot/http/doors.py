@@ -19,12 +19,15 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import time
 from typing import Any, Callable, Iterable, Optional
 from urllib.parse import urlsplit
 
 from edgebot.http.chat import ApiError
 
 FORBIDDEN = "invalid_request_error"
+STALE_S = 5.0
+"""A handler made this long ago whose connection never came up is no longer counted (seconds)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -138,8 +141,11 @@ class _Counted:
 
     def __init__(self, cap: "ConnectionCap", inner: Any) -> None:
         self.cap, self.inner = cap, inner
+        self.made = time.monotonic()
+        self.connected = False
 
     def connection_made(self, transport: Any) -> None:
+        self.connected = True
         self.inner.connection_made(transport)
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
@@ -178,6 +184,9 @@ class ConnectionCap:
                                      f"([http] max_connections); try again shortly", "too_many_connections")
 
     def __call__(self) -> Any:
+        if len(self.live) >= self.limit:  # first forget any whose connection never came up (a failed accept)
+            for stale in [c for c in self.live if not c.connected and time.monotonic() - c.made > STALE_S]:
+                del self.live[stale]
         if len(self.live) >= self.limit:
             victim = next((c for c in self.live if c.inner.transport is not None and c.inner not in self.busy), None)
             if victim is None:
