@@ -112,6 +112,7 @@ def test_one_huge_voice_latency_line_does_not_poison_status(daemon_factory, scri
     bus.send("voice-latency", id="v" * 1000, text="x" * 1_000_000, first_audio_ms=12.5)
     res = d.cli("status", "--json")
     assert res.returncode == 0, res.stderr
+    print(f"status --json after a 1 MB voice-latency line: {len(res.stdout)} bytes")
     assert len(res.stdout) < 16384
     report = json.loads(res.stdout)["data"]
     assert report["voice_latency"]["first_audio_ms"] == 12.5
@@ -201,6 +202,17 @@ def test_one_uid_cannot_take_every_connection(daemon_factory, script_model: Path
     assert outcomes.count("welcome") == 4 and outcomes.count("busy") == 8, outcomes
     res = d.cli("ask", "What is 2+2?")  # the daemon's own uid (the bridges') is not limited
     assert res.returncode == 0, res.stderr
+
+    def pose(path: str) -> dict[str, Any]:  # another allowed user claiming a bridge's role
+        c = BusConn(path, hello=False)
+        c.send("hello", client="edgebot-speech-out", role="speech-out")
+        first = c.recv(10)
+        c.send("speaking", state="start", id="forged")
+        return {"hello": first, "speaking": c.recv(10)}
+
+    posed = as_nobody(d.socket, pose)
+    assert posed["hello"]["type"] == "error" and posed["hello"]["data"]["code"] == "forbidden", posed
+    assert posed["speaking"]["data"]["code"] == "not-allowed", posed
 
 
 # -- item 10: who may send what --------------------------------------------------------------------
@@ -334,5 +346,6 @@ def test_a_long_allow_list_costs_the_loop_nothing_per_connection(daemon_factory,
         return {"ev": ev, "s": time.monotonic() - t0}
 
     out = as_nobody(d.socket, knock)
+    print(f"20,000 users + 20,000 groups listed: an unlisted uid refused in {1000 * out['s']:.1f} ms")
     assert out["ev"]["data"]["code"] == "forbidden"
     assert out["s"] < 1.0, f"the refusal took {out['s']:.2f} s (the allow-list is resolved per connection)"

@@ -57,6 +57,7 @@ def test_1500_say_lines_during_an_answer_keep_the_bridge_on_the_bus(tmp_path: Pa
         board.send("X 1")
         assert board.expect("E 1", 15) == "E 1 cancelled"
         logged = log_lines(rig, mark)
+        print(f"1,500 S lines during an answer: {len(errs)} ERR replies, {len(logged)} log lines, answer went on")
         assert len(logged) <= 50, f"{len(logged)} log lines for one burst:\n" + "\n".join(logged[:20])
     finally:
         rig.close()
