@@ -89,3 +89,18 @@ def test_ping_and_hello_floods_are_bounded(tmp_path: Path, script_model: Path, l
     finally:
         rig.close()
         d.stop()
+
+
+def test_t_arguments_keep_the_spaces_of_string_values_as_documented() -> None:
+    """Low item: serial-protocol.md said `T` arguments have no spaces; string values keep theirs, so a
+    board that splits the line at spaces breaks the JSON. The doc now says so and how to parse it."""
+    import json
+
+    from conftest import REPO
+    from edgebot.bridges.serial.protocol import format_action
+
+    args = json.dumps({"text": "hi there"}, separators=(",", ":"), ensure_ascii=True)  # as the bridge does
+    line = format_action(4, "show", args)
+    assert line.startswith(b'T 4 show {"text":"hi there"}*')
+    doc = (REPO / "docs" / "serial-protocol.md").read_text()
+    assert "String values keep their own spaces" in doc and "never split it at spaces" in doc
