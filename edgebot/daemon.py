@@ -55,7 +55,8 @@ def build_engine(config: Config, on_state: object) -> Engine:
         backend = llama_or_remote(config)
     settings = EngineSettings(
         sampling=sampling,
-        queue_max=eng["queue_max"], session_idle_s=eng["session_idle_s"], max_sessions=eng["max_sessions"], answer_reserve=eng["answer_reserve"],
+        queue_max=eng["queue_max"], session_idle_s=eng["session_idle_s"], max_sessions=eng["max_sessions"],
+        answer_reserve=eng["answer_reserve"],
         persona=llm["persona"], stall_s=config.get("daemon", "stall_s"))
     return Engine(backend, settings, on_state)  # type: ignore[arg-type]
 

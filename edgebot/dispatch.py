@@ -121,8 +121,8 @@ class Dispatcher:
             conn.send(m.Ack(of="subscribe", delivered=len(conn.subscriptions)))
         elif isinstance(msg, m.Say):
             if msg.id is not None and (msg.id in self.owners or msg.id in self.speaking.active):
-                conn.send(m.Error("duplicate-id", f"say: id {msg.id!r} is in use by an answer in progress or being spoken; use another id",
-                                  msg.id))
+                conn.send(m.Error("duplicate-id", f"say: id {msg.id!r} is in use by an answer in progress or "
+                                                  f"being spoken; use another id", msg.id))
                 return
             delivered = self.hub.publish(msg, skip=conn)
             if delivered:

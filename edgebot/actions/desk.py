@@ -114,8 +114,8 @@ class ActionDesk:
             return
         if conn not in self.runners.get(msg.id, ()):
             log.warning("action-result for %s from %s, which was not sent that action-run: ignored", msg.id, conn.name)
-            conn.send(m.Error("not-allowed", "action-result: only the bridge that was sent the action-run may answer it",
-                              msg.id))
+            conn.send(m.Error("not-allowed", "action-result: only the bridge that was sent the action-run may "
+                                             "answer it", msg.id))
             return
         fut.set_result(msg)
 

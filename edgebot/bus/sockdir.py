@@ -61,7 +61,7 @@ def unsafe_reason(path: str) -> Optional[str]:
                 who = "group and others" if writable == stat.S_IWGRP | stat.S_IWOTH else \
                     "its group" if writable == stat.S_IWGRP else "others"
                 return f"{directory} is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o})"
-            first = False
+        first = False  # a socket directory still to be made is made 0755; its parent may be sticky
         parent = os.path.dirname(directory)
         if parent == directory:
             return None

@@ -38,10 +38,13 @@ def question(tmp_path_factory: pytest.TempPathFactory, pulse: PulseServer) -> Pa
     return out
 
 
+@pytest.mark.parametrize("how", ["kill-9", "sigterm"])
 def test_edgebotd_killed_mid_answer_stops_the_speech_and_the_next_say_is_spoken(
-        tmp_path: Path, slow_loop_model: Path, script_model: Path, pulse: PulseServer, speaker: Recorder) -> None:
-    """kill -9 of edgebotd while speech-out speaks a never-ending answer: the sound stops at once (the
-    answer is dead), and after edgebotd is back the robot speaks again."""
+        tmp_path: Path, slow_loop_model: Path, script_model: Path, pulse: PulseServer, speaker: Recorder,
+        how: str) -> None:
+    """kill -9 (a crash, the OOM killer) or SIGTERM (`systemctl restart`, a watchdog restart) of
+    edgebotd while speech-out speaks a never-ending answer: the sound stops at once (the answer is
+    dead), and after edgebotd is back the robot speaks again."""
     sock = str(tmp_path / "bus.sock")
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -59,10 +62,13 @@ def test_edgebotd_killed_mid_answer_stops_the_speech_and_the_next_say_is_spoken(
         t_sound = speaker.wait_sound(t0)
         assert speaker.wait_sound(t_sound + 0.3) < t_sound + 1.5  # really talking
         t_kill = time.monotonic()
-        first.proc.kill()
-        first.proc.wait(10)
+        if how == "kill-9":
+            first.proc.kill()
+        else:
+            first.proc.terminate()
+        first.proc.wait(20)
         t_last = speaker.wait_quiet(t_kill, hold_s=1.0, timeout=20)
-        print(f"edgebotd killed -> silence: {1000 * (t_last - t_kill):.0f} ms")
+        print(f"edgebotd {how} -> silence: {1000 * (t_last - t_kill):.0f} ms")
         assert t_last - t_kill < 1.0, f"the dead answer was still spoken {t_last - t_kill:.1f} s after the kill"
         second = Daemon(tmp_path / "b", script_model, socket_path=sock)
         bus2 = watcher(second, "speaking")
@@ -115,3 +121,31 @@ def test_speech_out_killed_while_speaking_leaves_speech_in_listening(
         bus.close()
         out.stop()
         assert inp.stop() == 0, inp.log_text()[-2000:]
+
+
+def test_a_say_reusing_the_id_of_an_answer_being_spoken_wedges_nothing(
+        tmp_path: Path, slow_loop_model: Path, pulse: PulseServer, speaker: Recorder) -> None:
+    """Item 10: `say {id}` with the id of the answer speech-out is speaking is refused, and the robot
+    goes on speaking what comes next."""
+    d = Daemon(tmp_path, slow_loop_model)
+    (tmp_path / "out").mkdir()
+    bus = watcher(d, "audio-device", "speaking")
+    out = BridgeProc(SPEECH_OUT, d, pulse, tmp_path / "out", SPEECH_OUT_CONFIG, env=SPEAKER_ENV)
+    try:
+        wait_device_ready(bus, "speech-out", out)
+        client = d.connect()
+        client.ask("long-1", "Talk for a long time.", speak=True, max_tokens=4000)
+        bus.expect("speaking", timeout=60, id="long-1", state="start")
+        client.send("say", text="Hijacked.", id="long-1")
+        assert client.expect("error")["data"]["code"] == "duplicate-id"
+        client.send("cancel", id="long-1")
+        bus.expect("speaking", timeout=10, id="long-1", state="stop")
+        t1 = time.monotonic()
+        client.send("say", text="Still here.", id="after-1")
+        bus.expect("speaking", timeout=30, id="after-1", state="start")
+        bus.expect("speaking", timeout=30, id="after-1", state="stop")
+        assert speaker.loud_times(t1)
+    finally:
+        bus.close()
+        assert out.stop() == 0, out.log_text()[-2000:]
+        d.stop()
