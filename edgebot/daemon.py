@@ -56,7 +56,8 @@ def build_engine(config: Config, on_state: object) -> Engine:
         backend = llama_or_remote(config)
     settings = EngineSettings(
         sampling=sampling,
-        queue_max=eng["queue_max"], session_idle_s=eng["session_idle_s"], answer_reserve=eng["answer_reserve"],
+        queue_max=eng["queue_max"], session_idle_s=eng["session_idle_s"], max_sessions=eng["max_sessions"],
+        answer_reserve=eng["answer_reserve"],
         persona=llm["persona"], stall_s=config.get("daemon", "stall_s"))
     return Engine(backend, settings, on_state)  # type: ignore[arg-type]
 
@@ -95,7 +96,8 @@ async def serve(config: Config) -> int:
     dispatcher = Dispatcher(config, engine, loop)
     bus = config.section("bus")
     hub = Hub(dispatcher.handle, Limits(bus["max_line_bytes"], bus["client_queue_max"], bus["client_rate"],
-                                        bus["client_burst"], bus["first_message_s"], bus["max_clients"]),
+                                        bus["client_burst"], bus["first_message_s"], bus["max_clients"],
+                                        bus["max_clients_per_uid"]),
               bus["allowed_users"], bus["allowed_groups"], on_disconnect=dispatcher.disconnected)
     dispatcher.hub = hub
     try:

@@ -111,6 +111,8 @@ KEYS: tuple[Key, ...] = (
     Key("engine", "priorities", "table:int", {"voice": 0, "serial": 1, "cli": 2, "http": 2, "default": 3},
         "Priority per source (lower runs first)."),
     Key("engine", "session_idle_s", "float", 900.0, "A session unused this long is forgotten.", "seconds", 1.0),
+    Key("engine", "max_sessions", "int", 64, "Sessions kept at once; a new one beyond this replaces the least "
+        "recently used.", "sessions", 1, 100000),
     Key("engine", "answer_reserve", "int", 512,
         "Context kept free for the answer when old turns are trimmed.", "tokens", 16, 131072),
     # [bus]: the local socket
@@ -126,7 +128,12 @@ KEYS: tuple[Key, ...] = (
     Key("bus", "max_inflight", "int", 4, "Unfinished asks per client.", "asks", 1, 1000),
     Key("bus", "first_message_s", "float", 10.0, "A client must send its first message (hello) within this.",
         "seconds", 0.1),
-    Key("bus", "max_clients", "int", 64, "Simultaneous bus connections; more are refused with `busy`.", "clients", 1),
+    Key("bus", "max_clients", "int", 64, "Simultaneous bus connections; more are refused with `busy` (when full, "
+        "the oldest connection that never said `hello` gives way instead).", "clients", 1),
+    Key("bus", "max_clients_per_uid", "int", 16, "Simultaneous bus connections of one uid; root and edgebotd's own "
+        "user (the bridges') are exempt; 0 = no limit.", "clients", 0),
+    Key("bus", "speaking_max_s", "float", 300.0, "A `speaking {state: start}` with no matching stop ends (edgebotd "
+        "publishes the stop) after this long, so a lost stop never mutes the microphone for good.", "seconds", 0.1),
     # [http]: the OpenAI-compatible HTTP API inside edgebotd
     Key("http", "enabled", "bool", False, "Serve /v1/chat/completions, /v1/models and /health."),
     Key("http", "host", "str", "127.0.0.1", "Address to listen on; anything but loopback requires a token."),
