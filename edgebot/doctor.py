@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from edgebot.config.schema import GET_MODEL
+
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 UNITS = ("edgebot.socket", "edgebot.service", "edgebot-speech-in.service", "edgebot-speech-out.service")
 UNIT_DIRS = ("/etc/systemd/system", "/usr/local/lib/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
@@ -71,7 +73,7 @@ def check_model(ctx: Context) -> Check:
     from edgebot.gguf_info import GGUFError, read_gguf
 
     path = ctx.config.get("llm", "model")
-    fix = "edgebot-cli model pull   (or: sudo deploy/get-model.sh)"
+    fix = GET_MODEL
     try:
         ctx.gguf = read_gguf(path)
     except GGUFError as exc:

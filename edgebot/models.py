@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
-from edgebot.config.schema import DEFAULT_MODEL
+from edgebot.config.schema import DEFAULT_MODEL, GET_MODEL
 from edgebot.download import (ChecksumError, DownloadError, Expected, OfflineError, download, file_sha256,
                               recorded_sha256, write_sha256)
 from edgebot.gguf_info import GGUFError, read_gguf
@@ -286,7 +286,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for kind, path in pointed.items():
         if not Path(path).exists():
             print(f"edgebot-cli model: the config's {kind} model {path} is missing; get it with "
-                  f"`edgebot-cli model pull`", file=sys.stderr)
+                  f"`{GET_MODEL}`", file=sys.stderr)
     return EXIT_OK
 
 
@@ -324,7 +324,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print("\n".join(lines))
         print(f"{path}: {'OK' if ok else 'NOT USABLE'}")
         if not ok:
-            print("fix: get it again with `edgebot-cli model pull` (or deploy/get-model.sh)", file=sys.stderr)
+            print(f"fix: get it again with `{GET_MODEL}`", file=sys.stderr)
     return EXIT_OK if ok_all else EXIT_FAIL
 
 

