@@ -19,13 +19,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
+from edgebot.config import schema
 from edgebot.config.schema import DEFAULT_MODEL, GET_MODEL
 from edgebot.download import (ChecksumError, DownloadError, Expected, OfflineError, download, file_sha256,
                               recorded_sha256, write_sha256)
 from edgebot.gguf_info import GGUFError, read_gguf
 
 MODELS_DIR = Path(DEFAULT_MODEL).parent  # /var/lib/edgebot/models
-VOICES_DIR = MODELS_DIR.parent / "voices"  # /var/lib/edgebot/voices
+VOICES_DIR = schema.VOICES_DIR  # /var/lib/edgebot/voices
 PIPER_BASE = "https://huggingface.co/rhasspy/piper-voices/resolve/v1.0.0/"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_OFFLINE = 0, 1, 2, 4
 

@@ -136,7 +136,7 @@ class Registry:
             try:
                 import jsonschema
             except ImportError:
-                raise ConfigError("[[actions]] needs the jsonschema package: pip install 'edgebot[actions]'") from None
+                raise ConfigError("[[actions]] needs the jsonschema package (a dependency of edgebot): pip install 'jsonschema>=4.0'") from None
             for a in actions:
                 try:
                     jsonschema.Draft202012Validator.check_schema(a.schema)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 # Value kinds a key can have. "table:int" is a TOML table whose values are integers.
@@ -73,6 +74,10 @@ def default_socket_path() -> str:
 
 
 DEFAULT_MODEL = "/var/lib/edgebot/models/DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf"
+MODELS_DIR = os.path.dirname(DEFAULT_MODEL)
+"""Where ``edgebot-cli model pull`` puts LLMs (/var/lib/edgebot/models)."""
+VOICES_DIR = Path(MODELS_DIR).parent / "voices"
+"""Where ``edgebot-cli model pull`` and deploy/install.sh put speech models (/var/lib/edgebot/voices)."""
 GET_MODEL = "sudo edgebot-cli model pull"
 """The one instruction for getting the models (deploy/get-model.sh is the same command for a checkout
 that is not installed yet); every "model missing" message quotes it."""

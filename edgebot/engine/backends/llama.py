@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Optional
 
-from edgebot.config import schema
+from edgebot.config.schema import GET_MODEL as GET_MODEL_COMMAND
 from edgebot.engine.backend import (Backend, BackendInfo, GenerationResult, ModelError, PieceCallback,
                                     PreparedPrompt, SamplingParams)
 from edgebot.engine.prompt import Turn, render_segments
@@ -27,7 +27,7 @@ FAULT_STALL_ENV = "EDGEBOT_FAULT_STALL_GENERATE"
 """Fault-injection hook for tests/hostile: set to 1, every answer blocks forever in ``generate``
 (never yields a token, never checks cancel), to prove the watchdog ping stops. Off unless set."""
 
-GET_MODEL = (f"Get the model with `{schema.GET_MODEL}` (DeepSeek-R1-Distill-Qwen-1.5B Q4_K_M GGUF) "
+GET_MODEL = (f"Get the model with `{GET_MODEL_COMMAND}` (DeepSeek-R1-Distill-Qwen-1.5B Q4_K_M GGUF) "
              "or set [llm] model / --model to a GGUF file.")
 
 
