@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import ast
 import re
-import sys
 from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10
-    import tomli as tomllib
+from edgebot.config.loader import tomllib  # tomli on Python 3.10
 
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -122,3 +118,22 @@ def test_llama_cpp_python_is_pinned_to_the_version_that_is_built_and_tested() ->
     patch_before = Version(f"{tested.major}.{tested.minor}.{tested.micro - 1}")
     patch_after = Version(f"{tested.major}.{tested.minor}.{tested.micro + 1}")
     assert not llama.specifier.contains(str(patch_before)) and not llama.specifier.contains(str(patch_after))
+
+
+def test_python_3_10_is_really_supported() -> None:
+    """requires-python admits 3.10 (Ubuntu 22.04), which has no tomllib: every reader of TOML goes
+    through the one fallback in edgebot.config.loader (or its own try/except), and .ci/run runs the
+    tests on 3.10."""
+    assert Requirement(f"x{PYPROJECT['project']['requires-python']}").specifier.contains("3.10.0")
+    assert any(r.startswith("tomli") and "3.11" in r for r in PYPROJECT["project"]["dependencies"])
+    direct = []
+    for path in [*REPO.glob("*/**/*.py"), *REPO.glob("deploy/*.sh"), *REPO.glob(".ci/*")]:
+        if ".venv" in path.parts or path == REPO / "edgebot" / "config" / "loader.py" or not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        for m in re.finditer(r"^(\s*)import tomllib\b", text, flags=re.M):
+            before = text[:m.start()].rstrip().splitlines()[-1:] or [""]
+            if not before[0].strip().startswith("try:"):
+                direct.append(str(path.relative_to(REPO)))
+    assert not direct, f"these import tomllib without the Python 3.10 fallback: {direct}"
+    assert "python3.10" in (REPO / ".ci" / "run").read_text()

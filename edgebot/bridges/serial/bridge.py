@@ -384,7 +384,9 @@ class SerialBridge(Bridge):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = base_parser("edgebot-serial", "Serve one microcontroller port with the edgebot line protocol v1 "
-                                           "(docs/serial-protocol.md).")
+                                           "(docs/serial-protocol.md).",
+                         examples="  edgebot-serial --port /dev/ttyUSB0\n"
+                                  "  edgebot-serial --port /dev/serial/by-id/usb-Arduino... --baud 9600")
     parser.add_argument("--port", help="serial device, e.g. /dev/serial/by-id/usb-... or ttyUSB0 "
                                        "(default: the one [[serial]] entry)")
     parser.add_argument("--baud", type=int, help="line speed in bits/s (default: the entry's baud, 115200)")
