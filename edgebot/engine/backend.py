@@ -82,6 +82,9 @@ class BackendInfo:
 class Backend(ABC):
     """A loaded model that can render, count and generate."""
 
+    load_progress: Optional[float] = None
+    """Percent (0-100) of the model loaded, while ``load`` runs, for backends that can tell; else None."""
+
     @abstractmethod
     def load(self) -> None:
         """Load the model; raise ModelError with an actionable message on failure."""

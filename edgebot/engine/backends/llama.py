@@ -8,12 +8,13 @@ token, the KV-cache prefix reused across turns (and counted), text injected into
 from __future__ import annotations
 
 import codecs
+import contextlib
 import logging
 import os
 import random
 import threading
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from edgebot.config.schema import GET_MODEL as GET_MODEL_COMMAND
 from edgebot.engine.backend import (Backend, BackendInfo, GenerationResult, ModelError, PieceCallback,
@@ -70,6 +71,43 @@ def token_piece(vocab: object, token: int, special: bool = False) -> bytes:
     return buf.raw[:max(n, 0)]
 
 
+@contextlib.contextmanager
+def load_progress(backend: Backend, log_every: float = 10.0) -> Iterator[None]:
+    """While a ``Llama`` is built: llama.cpp's ``progress_callback`` (in ``llama_model_params``, the
+    fraction of the tensor data mapped/read) goes to ``backend.load_progress`` (percent) and to the
+    log every ``log_every`` percent. ``Llama()`` takes no callback, so its default params get one for
+    the duration (only the engine thread builds a ``Llama``)."""
+    import llama_cpp.llama_cpp as lib
+
+    default_params = lib.llama_model_default_params
+    logged = [-log_every]
+
+    def on_progress(fraction: float, _user: object) -> bool:
+        try:
+            backend.load_progress = percent = round(min(max(fraction, 0.0), 1.0) * 100, 1)
+            if percent >= logged[0] + log_every or (percent == 100 and logged[0] < 100):
+                logged[0] = percent
+                log.info("loading %s: %.0f %%", getattr(backend, "model_path", "the model"), percent)
+        except Exception:  # noqa: BLE001 - never abort the load (returning False would) for a log line
+            pass
+        return True
+
+    callback = lib.llama_progress_callback(on_progress)  # kept alive until the load returns
+
+    def params_with_progress() -> Any:
+        params = default_params()
+        params.progress_callback = callback
+        return params
+
+    backend.load_progress = 0.0
+    lib.llama_model_default_params = params_with_progress
+    try:
+        yield
+    finally:
+        lib.llama_model_default_params = default_params
+        backend.load_progress = None
+
+
 class LlamaBackend(Backend):
     """One ``llama_cpp.Llama``; every method but ``load``/``info`` runs on the engine thread."""
 
@@ -94,9 +132,10 @@ class LlamaBackend(Backend):
         import llama_cpp  # heavy: imported only by the daemon
 
         try:
-            llm = llama_cpp.Llama(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads,
-                                  n_threads_batch=self.n_threads, n_batch=self.n_batch,
-                                  use_mmap=self.use_mmap, use_mlock=self.use_mlock, verbose=False)
+            with load_progress(self):
+                llm = llama_cpp.Llama(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads,
+                                      n_threads_batch=self.n_threads, n_batch=self.n_batch,
+                                      use_mmap=self.use_mmap, use_mlock=self.use_mlock, verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelError(f"model file {self.model_path} could not be loaded by llama.cpp ({exc}); "
                              f"it may be truncated, corrupt or of an unsupported architecture. {GET_MODEL}") from None
