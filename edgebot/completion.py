@@ -9,6 +9,7 @@ edgebot-cli and its local commands, so it never drifts from the options. Install
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Optional
 
@@ -72,7 +73,7 @@ def bash_script() -> str:
     takes_value: dict[str, str] = {}
     _walk(cli.build_parser(), "", table, takes_value)
     for name, module in cli.LOCAL_COMMANDS.items():  # their own parsers, replacing the placeholders
-        build = getattr(__import__(module, fromlist=["build_parser"]), "build_parser", None)
+        build = getattr(importlib.import_module(module), "build_parser", None)
         if build is not None:
             _walk(build(), name, table, takes_value)
     table["completion"] = ["bash"]
