@@ -11,14 +11,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Optional, Sequence
 
 from edgebot import __version__
 from edgebot.bus.blocking import BlockingBusClient, BusUnavailable, Interrupted
 from edgebot.bus.framing import encode_envelope
 
+TYPE_CHECKING = False  # typing itself costs ~2 ms at start-up; the annotations are strings
+if TYPE_CHECKING:
+    from typing import Any, Optional, Sequence
+
+    from edgebot.bus.blocking import Envelope
+
 EXIT_OK, EXIT_DAEMON_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-Envelope = tuple[str, dict[str, Any]]
 
 EPILOG = """\
 examples:
@@ -211,7 +215,7 @@ def reply(client: BlockingBusClient, wanted: tuple[str, ...], quiet: bool = Fals
             return msg
 
 
-COMMANDS: dict[str, Any] = {"ask": cmd_ask, "status": cmd_status, "say": cmd_say, "cancel": cmd_cancel,
+COMMANDS: "dict[str, Any]" = {"ask": cmd_ask, "status": cmd_status, "say": cmd_say, "cancel": cmd_cancel,
                             "actions": cmd_actions}
 # Subcommands that do not talk to the bus first: module (with run_cli(argv, args)) and help text.
 LOCAL_COMMANDS = {"model": "edgebot.models", "doctor": "edgebot.doctor", "completion": "edgebot.completion"}
