@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgebot.config.loader import ConfigError
+from edgebot.config.errors import ConfigError
 from edgebot.config.schema import Config
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")

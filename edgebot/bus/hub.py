@@ -20,6 +20,7 @@ from typing import Awaitable, Callable, Optional
 from edgebot.bus import codec
 from edgebot.bus.messages import AnswerDelta, Error, Message, ThinkDelta
 from edgebot.bus.peercred import PeerCred, peer_allowed, read_peercred
+from edgebot.config.schema import default
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +30,12 @@ class Limits:
     """Per-client limits: line length in bytes, outbox in events, rate in messages/s, the first
     message within ``first_message_s`` seconds, at most ``max_clients`` connections."""
 
-    max_line_bytes: int = 1 << 20
-    queue_max: int = 1024
-    rate: float = 200.0
-    burst: int = 1000
-    first_message_s: float = 10.0
-    max_clients: int = 64
+    max_line_bytes: int = default("bus.max_line_bytes")
+    queue_max: int = default("bus.client_queue_max")
+    rate: float = default("bus.client_rate")
+    burst: int = default("bus.client_burst")
+    first_message_s: float = default("bus.first_message_s")
+    max_clients: int = default("bus.max_clients")
 
 
 MERGE_LIMIT = 64 * 1024  # characters: a merged delta never grows past this, so lines stay far below the limit

@@ -6,6 +6,7 @@ Validation (``loader``), the documentation (``docs/configuration.md`` is generat
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,6 +310,22 @@ class Config:
     @property
     def socket_path(self) -> str:
         return self.values["bus"]["socket"] or default_socket_path()
+
+
+BY_DOTTED: dict[str, Key] = {k.dotted: k for k in KEYS}
+
+
+def default(dotted: str) -> Any:
+    """The default of ``section.key`` as the schema states it: the one place a default lives.
+
+    Dataclasses elsewhere take their field defaults from here (``field(default_factory=...)`` for
+    tables and lists, so each instance gets its own copy)."""
+    return copy.deepcopy(BY_DOTTED[dotted].default)
+
+
+def default_factory(dotted: str) -> Any:
+    """A ``dataclasses.field`` default factory for ``section.key``."""
+    return lambda: default(dotted)
 
 
 def render_markdown() -> str:

@@ -28,6 +28,7 @@ from edgebot.bridges.serial.port import PortUnavailable, SerialLink, open_serial
 from edgebot.bridges.supervisor import Bridge, BusLink, base_parser, bridge_main
 from edgebot.bus import messages as m
 from edgebot.config import Config, ConfigError
+from edgebot.config.schema import default
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +42,16 @@ class PortSettings:
     """One ``[[serial]]`` entry (units as in the schema: seconds, bytes, tokens)."""
 
     port: str
-    baud: int = 115200
-    checksum: str = "required"
-    window: int = 1
-    chunk_bytes: int = 48
-    flush_s: float = 0.05
-    timeout_s: float = 1.0
-    hello_timeout_s: float = 3.0
-    ascii: bool = False
-    session: str = ""
-    think_budget: int = -1
+    baud: int = default("serial.baud")
+    checksum: str = default("serial.checksum")
+    window: int = default("serial.window")
+    chunk_bytes: int = default("serial.chunk_bytes")
+    flush_s: float = default("serial.flush_s")
+    timeout_s: float = default("serial.timeout_s")
+    hello_timeout_s: float = default("serial.hello_timeout_s")
+    ascii: bool = default("serial.ascii")
+    session: str = default("serial.session")
+    think_budget: int = default("serial.think_budget")
 
     @classmethod
     def from_entry(cls, entry: dict[str, Any]) -> "PortSettings":
