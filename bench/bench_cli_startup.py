@@ -76,8 +76,11 @@ def main() -> int:
         env = {**os.environ, "EDGEBOT_SOCKET": sock, "PYTHONPYCACHEPREFIX": str(Path(tmp) / "pycache")}
         env.pop("NOTIFY_SOCKET", None)
         env.pop("PYTHONDONTWRITEBYTECODE", None)
+        # one llama.cpp thread: the script model's answer takes a few ms, and does not fight the CLI runs
+        # for the cores
         daemon = subprocess.Popen([str(BIN / "edgebotd"), "--model", str(model), "--socket", sock,
-                                   "--log-level", "WARNING"], env=env, stdout=subprocess.DEVNULL,
+                                   "--log-level", "WARNING"], env={**env, "EDGEBOT_LLM_N_THREADS": "1"},
+                                  stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
         try:
             subprocess.run([str(BIN / "edgebot-cli"), "status", "--wait", "60"], env=env, check=True,

@@ -1,9 +1,11 @@
 """``edgebot-cli model pull|list|verify``: the models edgebot uses, where they come from, and checks.
 
 The catalogue names each file's public source and its published checksum. ``pull`` downloads
-with a progress display, resumes an interrupted download, rejects a file whose checksum does not
-match, and says plainly when the machine is offline. ``$EDGEBOT_MODEL_MIRROR`` (a base URL) makes
-every download come from a local mirror instead (a classroom server), file names unchanged.
+with a progress display, resumes an interrupted download (only if the file is unchanged upstream),
+rejects a file whose checksum does not match (the published one, else the sha256 Hugging Face
+states), and says plainly when the machine is offline. ``$EDGEBOT_MODEL_MIRROR`` (a base URL) makes
+every download come from a local mirror instead (a classroom server), file names unchanged;
+``$HF_ENDPOINT`` sends the Hugging Face downloads to a Hugging Face mirror (paths unchanged).
 Imported only by those subcommands: edgebot-cli's other commands never load it.
 """
 
@@ -115,10 +117,19 @@ def load_catalogue(path: Optional[str]) -> tuple[Artifact, ...]:
         return tuple(build(i) for i in json.load(fh))
 
 
+HF_HOST = "https://huggingface.co"
+
+
 def source_url(art: Artifact) -> str:
-    """The artifact's URL, or the same file name under ``$EDGEBOT_MODEL_MIRROR``."""
+    """The artifact's URL; the same file name under ``$EDGEBOT_MODEL_MIRROR``; or, for a Hugging Face
+    URL, the same path under ``$HF_ENDPOINT`` (a Hugging Face mirror, as huggingface_hub honours it)."""
     mirror = os.environ.get("EDGEBOT_MODEL_MIRROR", "").strip()
-    return mirror.rstrip("/") + "/" + art.filename if mirror else art.url
+    if mirror:
+        return mirror.rstrip("/") + "/" + art.filename
+    endpoint = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
+    if endpoint and art.url.startswith(HF_HOST + "/"):
+        return endpoint + art.url[len(HF_HOST):]
+    return art.url
 
 
 def target_dir(art: Artifact, args: argparse.Namespace) -> Path:
