@@ -82,11 +82,10 @@ def _text(data: dict[str, Any], key: str) -> str:
 
 
 def cmd_ask(client: BlockingBusClient, args: argparse.Namespace) -> int:
-    import secrets
     import signal
 
     question = args.question_text
-    ask_id = f"cli-{secrets.token_hex(4)}"
+    ask_id = f"cli-{os.urandom(4).hex()}"  # what secrets.token_hex does, without importing hashlib/hmac
     session = f"cli:{args.session}" if args.session else None
     client.send("ask", id=ask_id, text=question, session=session, source="cli",
                 think="show" if args.think else "hide", max_tokens=args.max_tokens)
