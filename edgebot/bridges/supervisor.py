@@ -15,6 +15,7 @@ import signal
 import sys
 from typing import Callable, Optional, Sequence
 
+import edgebot
 from edgebot.bus import messages as m
 from edgebot.bus.client import BusClient, BusUnavailable
 from edgebot.config import Config, ConfigError, load_config
@@ -151,8 +152,23 @@ class Supervisor:
             await self.bridge.on_disconnected()
 
 
-def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description)
+BRIDGE_EPILOG = """\
+environment:
+  EDGEBOT_CONFIG            the config file (default /etc/edgebot/edgebot.toml)
+  EDGEBOT_SOCKET            the bus socket (default: the config's [bus] socket)
+  EDGEBOT_<SECTION>_<KEY>   any config key, e.g. EDGEBOT_LOG_LEVEL=DEBUG (docs/configuration.md)
+
+exit codes:
+  0 stopped by SIGTERM/SIGINT, 1 the bridge's own work failed, 2 bad arguments, 78 configuration error
+"""
+
+
+def base_parser(prog: str, description: str, examples: str = "") -> argparse.ArgumentParser:
+    """The options every bridge takes; ``examples`` (lines of text) go first in the ``--help`` epilog."""
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                epilog=(f"examples:\n{examples}\n\n" if examples else "") + BRIDGE_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"{prog} {edgebot.__version__}")
     p.add_argument("--config", help="config file (default: $EDGEBOT_CONFIG or /etc/edgebot/edgebot.toml)")
     p.add_argument("--socket", help="bus socket (default: $EDGEBOT_SOCKET or [bus] socket)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")

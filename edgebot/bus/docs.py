@@ -158,6 +158,8 @@ FIELD_HELP: dict[tuple[str, str], str] = {
     ("status-report", "server_version"): "edgebot version of the daemon.",
     ("status-report", "model"): "Path of the GGUF file.",
     ("status-report", "state"): "Engine state: `starting`, `loading`, `ready`, `failed` or `stopped`.",
+    ("status-report", "load_progress"): "While `loading`: percent (0-100) of the model's tensor data mapped/read, "
+                                        "from llama.cpp's progress callback; omitted otherwise.",
     ("status-report", "queue"): "`{waiting, max, running, idle, submitted}`: asks waiting, the queue's limit, the "
                                 "id being answered (or null), whether the engine is idle (no job, no "
                                 "cache re-basing), and how many engine jobs bus asks have started since "

@@ -235,6 +235,8 @@ class StatusReport(Message):
     server_version: str
     model: str
     state: str
+    load_progress: Optional[float] = None
+    """While ``state`` is ``loading``: percent of the model file loaded, where the backend tells."""
     queue: dict[str, Any] = field(default_factory=dict)
     sessions: list[dict[str, Any]] = field(default_factory=list)
     last_tokens_per_s: Optional[float] = None
