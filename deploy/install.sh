@@ -354,14 +354,14 @@ venv_and_build() {
     elif [ -n "$WHEEL" ]; then
         note "the prebuilt wheel: it must have been built with the CMAKE_ARGS above for this board kind"
         run "$PREFIX/venv/bin/pip" install --no-cache-dir --force-reinstall --no-deps "$WHEEL" \
-            || pip_failed "the llama-cpp-python wheel $WHEEL" "is it for this Python ($(python3 --version)) and \
+            || pip_failed "the llama-cpp-python wheel $WHEEL" "Is it for this Python ($(python3 --version)) and \
 this CPU ($ARCH)? its name says which"
         run_write "$stamp" "$want"
     else
         note "compiling llama.cpp: 10-30 minutes on a Pi 5, longer on a Pi 4"
         run env CMAKE_ARGS="$cmake_args" FORCE_CMAKE=1 "$PREFIX/venv/bin/pip" install --no-cache-dir \
             --force-reinstall --no-binary llama-cpp-python "llama-cpp-python==$LLAMA_VERSION" \
-            || pip_failed "llama-cpp-python $LLAMA_VERSION (compiled with CMAKE_ARGS=$cmake_args)" "a compiler \
+            || pip_failed "llama-cpp-python $LLAMA_VERSION (compiled with CMAKE_ARGS=$cmake_args)" "A compiler \
 error names the flag or package missing (build-essential, cmake); out of memory on a small board: add swap"
         run_write "$stamp" "$want"
     fi
@@ -377,7 +377,7 @@ error names the flag or package missing (build-essential, cmake); out of memory 
     else
         [ "$VOICE" = 0 ] || note "the tts extra installs piper-tts (GPL-3.0); --no-voice leaves it out"
         run "$PREFIX/venv/bin/pip" install --no-cache-dir "${REPO}[$extras]" \
-            || pip_failed "edgebot [$extras] and its Python packages" "a package with no wheel for this system \
+            || pip_failed "edgebot [$extras] and its Python packages" "A package with no wheel for this system \
 needs its build dependencies"
         run_write "$stamp" "$want"
     fi

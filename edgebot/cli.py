@@ -45,15 +45,15 @@ def _json_line(msg: m.Message) -> None:
     sys.stdout.flush()
 
 
+LOADING_STATES = ("starting", "loading")  # an ask refused `not-ready` in these states is asked again once loaded
+
+
 async def cmd_ask(client: BusClient, args: argparse.Namespace) -> int:
     question = argv_text(args.question).strip()
     if not question:
         print("edgebot-cli ask: the question is empty", file=sys.stderr)
         return EXIT_USAGE
-    ask_id = f"cli-{secrets.token_hex(4)}"
     session = f"cli:{args.session}" if args.session else None
-    await client.send(m.Ask(id=ask_id, text=question, session=session, source="cli",
-                            think="show" if args.think else "hide", max_tokens=args.max_tokens))
     interrupted = asyncio.Event()
 
     def on_sigint() -> None:
@@ -64,6 +64,24 @@ async def cmd_ask(client: BusClient, args: argparse.Namespace) -> int:
 
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, on_sigint)
+    deadline = loop.time() + args.wait_ready
+    while True:
+        ask_id = f"cli-{secrets.token_hex(4)}"
+        await client.send(m.Ask(id=ask_id, text=question, session=session, source="cli",
+                                think="show" if args.think else "hide", max_tokens=args.max_tokens))
+        code = await _follow_answer(client, args, ask_id, interrupted)
+        if code is not None:
+            return code
+        # refused `not-ready` while the model loads (the ask that socket activation started edgebotd for):
+        # wait for the model, bounded by --wait-ready, and ask again
+        if not await _wait_loaded(client, deadline, interrupted, args.wait_ready):
+            return EXIT_INTERRUPTED if interrupted.is_set() else EXIT_DAEMON_ERROR
+
+
+async def _follow_answer(client: BusClient, args: argparse.Namespace, ask_id: str,
+                         interrupted: asyncio.Event) -> Optional[int]:
+    """Print the answer to ``ask_id`` as it streams; the exit code, or None when it was refused
+    because the model is still loading (nothing printed yet)."""
     cancel_sent = False
     wrote_answer = wrote_think = False
     while True:
@@ -87,6 +105,9 @@ async def cmd_ask(client: BusClient, args: argparse.Namespace) -> int:
             continue
         if getattr(msg, "id", None) != ask_id:
             continue
+        if (isinstance(msg, m.Error) and msg.code == "not-ready" and not cancel_sent and args.wait_ready > 0
+                and await _daemon_state(client) in LOADING_STATES):
+            return None
         if args.json:
             _json_line(msg)
         if isinstance(msg, m.AnswerDelta) and not args.json:
@@ -112,6 +133,40 @@ async def cmd_ask(client: BusClient, args: argparse.Namespace) -> int:
             if cancel_sent or msg.reason == "cancelled":
                 return EXIT_INTERRUPTED
             return EXIT_OK if msg.reason in ("stop", "length") else EXIT_DAEMON_ERROR
+
+
+async def _daemon_state(client: BusClient) -> str:
+    """edgebotd's engine state (``loading``, ``ready``, ``failed``, ...) from a status report."""
+    await client.send(m.Status())
+    async for msg in client.messages():
+        if isinstance(msg, m.StatusReport):
+            return msg.state
+    return "unreachable"
+
+
+async def _wait_loaded(client: BusClient, deadline: float, interrupted: asyncio.Event, budget_s: float) -> bool:
+    """Poll edgebotd's state until the model is ready (True) or ``deadline`` (loop time) passes,
+    it fails to load, or Ctrl-C (False, after saying why on stderr)."""
+    loop = asyncio.get_running_loop()
+    print(f"edgebot-cli: edgebotd is loading its model; the question waits up to {budget_s:g} s (--wait-ready)",
+          file=sys.stderr)
+    delay = 0.05
+    while True:
+        state = await _daemon_state(client)
+        if state == "ready":
+            return True
+        if state not in LOADING_STATES:
+            print(f"edgebot-cli: not-ready: edgebotd is {state}; see its log (journalctl -u edgebot)", file=sys.stderr)
+            return False
+        if loop.time() + delay > deadline:
+            print(f"edgebot-cli: not-ready: the model was still {state} after {budget_s:g} s; try again later "
+                  f"(edgebot-cli status --wait SECONDS waits for it)", file=sys.stderr)
+            return False
+        try:
+            await asyncio.wait_for(interrupted.wait(), delay)
+            return False
+        except asyncio.TimeoutError:
+            delay = min(delay * 2, 1.0)
 
 
 def _print_status(report: m.StatusReport) -> None:
@@ -217,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--think", action="store_true", help="stream the model's thinking to stderr")
     ask.add_argument("--json", action="store_true", help="print one JSON bus event per line")
     ask.add_argument("--max-tokens", type=int, help="limit on generated tokens, thinking included")
+    ask.add_argument("--wait-ready", type=float, default=300.0, metavar="SECONDS",
+                     help="while edgebotd loads its model (just started, e.g. by socket activation), wait up to "
+                          "SECONDS for it and then ask (default 300; 0: fail at once with not-ready)")
     ask.add_argument("question", nargs="+", help="the question")
     status = sub.add_parser("status", help="show the daemon's state")
     status.add_argument("--json", action="store_true", help="print the status-report event as JSON")

@@ -66,6 +66,7 @@ class Dispatcher:
         self.owners: dict[str, tuple[Connection, m.Ask]] = {}  # ask id -> (asker, ask)
         self.started: set[str] = set()  # ask ids whose answer-start has gone out
         self.voice_latency: dict[str, Any] = {}  # the last voice-latency report, for status
+        self.audio_devices: dict[str, tuple[Connection, m.AudioDevice]] = {}  # bridge -> its last report
         self.submitted = 0  # engine jobs submitted for bus asks (status-report queue.submitted)
         self.actions: Optional[Any] = None  # edgebot.actions.desk.ActionDesk when [[actions]] are declared
         if config.arrays.get("actions"):
@@ -109,6 +110,11 @@ class Dispatcher:
             conn.subscriptions = set(msg.types)
             conn.send(m.Ack(of="subscribe", delivered=len(conn.subscriptions)))
         elif isinstance(msg, m.Say):
+            speaker = self.audio_devices.get("speech-out")
+            if speaker is not None and speaker[1].state == "missing" and speaker[0] in self.hub.connections:
+                conn.send(m.Error("not-ready", f"nothing can be spoken: edgebot-speech-out has no speaker "
+                                               f"({speaker[1].message}); it retries by itself", msg.id))
+                return
             delivered = self.hub.publish(msg, skip=conn)
             if delivered:
                 conn.send(m.Ack(of="say", delivered=delivered))
@@ -124,6 +130,8 @@ class Dispatcher:
         elif msg.TYPE in RELAYED:
             if isinstance(msg, m.VoiceLatency):
                 self.voice_latency = {k: v for k, v in vars(msg).items() if v is not None}
+            if isinstance(msg, m.AudioDevice):
+                self.audio_devices[msg.bridge] = (conn, msg)
             self.hub.publish(msg, skip=conn)
         elif msg.TYPE in DAEMON_ONLY:
             conn.send(m.Error("not-allowed", f"{msg.TYPE!r} is sent by edgebotd, not to it"))
@@ -184,6 +192,9 @@ class Dispatcher:
 
     def disconnected(self, conn: Connection) -> None:
         """A client left: its unfinished answers are cancelled so the engine is freed."""
+        for bridge, (owner, _) in list(self.audio_devices.items()):
+            if owner is conn:
+                del self.audio_devices[bridge]
         for ask_id in list(conn.inflight):
             self.engine.cancel(ask_id)
             if self.actions is not None:

@@ -17,6 +17,11 @@ class BusUnavailable(Exception):
     """The daemon's socket cannot be reached; the message says how to start it."""
 
 
+class BusRefused(BusUnavailable):
+    """edgebotd answered the connection with an error instead of ``welcome`` (it cannot start, or
+    this user is not allowed): retrying at once cannot help."""
+
+
 class BusClient:
     """One connection to edgebotd."""
 
@@ -53,7 +58,8 @@ class BusClient:
                     self.welcome = msg
                     return self
                 if isinstance(msg, Error):
-                    raise BusUnavailable(f"edgebotd refused the connection: {msg.message}")
+                    await self.close()
+                    raise BusRefused(f"edgebotd refused the connection: {msg.message}")
         except asyncio.TimeoutError:
             await self.close()
             raise BusUnavailable(f"edgebotd at {path} did not answer hello within {timeout:g} s") from None

@@ -49,7 +49,8 @@ ROUTES: dict[str, tuple[str, str]] = {
     "answer-delta": ("edgebotd", "the asker, and subscribers of the type"),
     "answer-end": ("edgebotd", "the asker, and subscribers of the type"),
     "cancel": ("client", "edgebotd, which relays it to subscribers of the type"),
-    "say": ("client", "subscribers of `say` (edgebot-speech-out); the sender gets `ack`"),
+    "say": ("client", "subscribers of `say` (edgebot-speech-out); the sender gets `ack`, or `not-ready` when "
+                      "speech-out reported its speaker missing (nothing would be spoken)"),
     "heard": ("edgebot-speech-in", "subscribers of the type (relayed, no reply)"),
     "speaking": ("edgebot-speech-out", "subscribers of the type (relayed, no reply)"),
     "serial-port": ("edgebot-serial", "subscribers of the type (relayed, no reply)"),

@@ -106,6 +106,9 @@ class HttpApi:
         await runner.setup()
         try:
             await web.TCPSite(runner, self.host, self.port).start()
+            if not runner.addresses:  # asyncio skips an address whose socket() fails (a forbidden family)
+                raise OSError(f"no socket could be opened for {self.host}:{self.port} (the address family is not "
+                              f"allowed here: under systemd, RestrictAddressFamilies= lacks AF_INET/AF_INET6)")
         except OSError:
             await runner.cleanup()
             raise
