@@ -427,7 +427,7 @@ config_files() {
     if [ -f "$conf" ]; then
         unchanged "$conf kept as it is (never overwritten)"
     else
-        {
+        write_file "$conf" 0644 < <(
             echo "# edgebot configuration; every key: $PREFIX/docs/configuration.md"
             echo "board = \"$BOARD\""
             if [ "${MEM_MB:-4096}" -lt 3000 ]; then
@@ -443,7 +443,7 @@ config_files() {
                 echo "# the OpenAI-compatible API on this board only; another host needs host and token ($PREFIX/docs/http-api.md)"
                 echo "enabled = true"
             fi
-        } | write_file "$conf" 0644
+        )  # not a pipe: write_file must run in this shell to record the change
     fi
 }
 
@@ -472,12 +472,12 @@ units_and_rules() {
     done
     mem=$(toml_get "$PROFILE" service memory_max)
     cpus=$(toml_get "$PROFILE" service cpu_affinity)
-    {
+    write_file "$dir/edgebot.service.d/board.conf" 0644 < <(
         echo "# Written by deploy/install.sh from board-configs/$BOARD.toml [service]."
         echo "[Service]"
         [ -z "$mem" ] || echo "MemoryMax=$mem"
         [ -z "$cpus" ] || echo "CPUAffinity=$cpus"
-    } | write_file "$dir/edgebot.service.d/board.conf" 0644
+    )  # not a pipe: write_file must run in this shell to record the change
     note "MemoryMax=${mem:-none} CPUAffinity=${cpus:-all}"
     network_dropin "$dir/edgebot.service.d/network.conf"
     UNITS_CHANGED=$FILES_CHANGED
@@ -512,7 +512,7 @@ network_dropin() {
         note "no network for edgebotd (no [http] enabled, no remote backend)"
         return
     fi
-    {
+    write_file "$1" 0644 < <(
         echo "# Written by deploy/install.sh: the config serves HTTP or asks a remote server ($need)."
         echo "[Service]"
         echo "PrivateNetwork=no"
@@ -522,7 +522,7 @@ network_dropin() {
         else
             echo "IPAddressAllow=localhost"
         fi
-    } | write_file "$1" 0644
+    )  # not a pipe: write_file must run in this shell to record the change
     note "network for edgebotd: $need only (IPAddressDeny=any stays for everything else)"
     if [ "$HTTP" = 1 ] && [ "$(toml_get "$ROOT/etc/edgebot/edgebot.toml" http enabled)" != true ]; then
         note "--http: $ROOT/etc/edgebot/edgebot.toml was kept as it is; add [http] enabled = true there to serve it"

@@ -229,6 +229,8 @@ def test_network_dropin_follows_the_config_and_commands_go_on_path(tmp_path: Pat
     conf.write_text(conf.read_text().replace("enabled = true", 'enabled = true\nhost = "0.0.0.0"\ntoken = "s3cret"'))
     lan = install("rpi5", "--root", str(root), env=env)
     assert lan.returncode == 0, lan.stderr
+    assert lan.stdout.rstrip().endswith("install.sh: done. Check it with: edgebot-cli doctor   (ask: edgebot-cli ask \"Hello\")"), \
+        lan.stdout  # a changed drop-in is a change (it was lost in a pipe's subshell: "no changes", no daemon-reload)
     assert "IPAddressAllow=localhost link-local 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 fc00::/7\n" in dropin.read_text()
     # the remote backend needs the LAN too; a config without either removes the drop-in again
     conf.write_text('board = "rpi5"\n[llm]\nbackend = "remote"\nremote_url = "http://192.168.1.20:8000/v1"\n')
