@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from rkllm_harness import build_fake, write_fake_model  # noqa: E402
 
 from edgebot.engine.backend import SamplingParams  # noqa: E402
-from edgebot.engine.rkllm_backend import RkllmBackend  # noqa: E402
+from edgebot.engine.backends.rkllm import RkllmBackend  # noqa: E402
 
 
 def main() -> None:

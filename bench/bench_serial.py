@@ -33,7 +33,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
-from edgebot.bridges.serial_protocol import checksum, escape_units
+from edgebot.bridges.serial.chunking import escape_units
+from edgebot.bridges.serial.protocol import checksum
 from edgebot.testing.script_model import DEFAULT_SCRIPT, Script, write_script_model
 from edgebot.testing.serial_board import PtyBoard
 

@@ -22,7 +22,7 @@ MODEL_MB=1066      # DeepSeek-R1-Distill-Qwen-1.5B Q4_K_M (1,117,320,800 bytes)
 VOICE_MB=200       # a vosk small model + a piper voice, unpacked
 VENV_MB=1500       # the venv plus the llama.cpp build tree while compiling
 MIN_MEM_MB=1800    # model + a 2048-token KV cache + compute buffers + the OS (see board-configs/README.md)
-# The RKLLM runtime edgebot's bindings are written against (edgebot/engine/rkllm_api.py, docs/npu.md):
+# The RKLLM runtime edgebot's bindings are written against (edgebot/engine/backends/rkllm_api.py, docs/npu.md):
 # rknn-llm's aarch64 librkllmrt.so at that tag, checked by its git blob id; and the NPU driver it needs.
 RKLLM_VERSION=1.3.0
 RKLLM_TAG=release-v1.3.0

@@ -18,9 +18,10 @@ from edgebot.bus.hub import Hub, Limits
 from edgebot.config import Config, ConfigError, load_config
 from edgebot.dispatch import Dispatcher
 from edgebot.engine.backend import Backend, SamplingParams
-from edgebot.engine.llama_backend import LlamaBackend
-from edgebot.engine.remote_backend import RemoteBackend
-from edgebot.engine.scheduler import Engine, EngineSettings
+from edgebot.engine.backends.llama import LlamaBackend
+from edgebot.engine.backends.remote import RemoteBackend
+from edgebot.engine.jobs import EngineSettings
+from edgebot.engine.scheduler import Engine
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def build_engine(config: Config, on_state: object) -> Engine:
     sampling = SamplingParams(temperature=llm["temperature"], top_p=llm["top_p"], top_k=llm["top_k"], seed=llm["seed"])
     backend: Backend
     if llm["backend"] == "rkllm":  # the RK3588 NPU (docs/npu.md); imported only when chosen
-        from edgebot.engine.rkllm_backend import RkllmBackend
+        from edgebot.engine.backends.rkllm import RkllmBackend
 
         rk = config.section("rkllm")
         backend = RkllmBackend(llm["model"], library=rk["library"], n_ctx=llm["n_ctx"], cpus=rk["cpus"],

@@ -16,8 +16,8 @@ import edgebot
 from edgebot.bus import messages as m
 from edgebot.bus.hub import Connection, Hub
 from edgebot.config import Config
-from edgebot.engine.scheduler import Engine, EngineBusy, EngineEvent, EngineNotReady, Job, JobDelta, JobEnded, \
-    JobStarted
+from edgebot.engine.jobs import EngineBusy, EngineEvent, EngineNotReady, Job, JobDelta, JobEnded, JobStarted
+from edgebot.engine.scheduler import Engine
 
 log = logging.getLogger(__name__)
 

@@ -110,7 +110,7 @@ def check_npu_driver(ctx: Context) -> Optional[Check]:
     """The RKNPU kernel driver's version against what the pinned runtime needs (only with backend = rkllm)."""
     if not _rkllm(ctx):
         return None
-    from edgebot.engine import rkllm_api as api
+    from edgebot.engine.backends import rkllm_api as api
 
     files = tuple(os.environ.get("EDGEBOT_RKNPU_FILES", "").split()) or api.DRIVER_FILES
     version, where = api.read_driver_version(files)
@@ -135,7 +135,7 @@ def check_npu_runtime(ctx: Context) -> Optional[Check]:
     """librkllmrt.so: loadable, with the 1.3.0 functions, and whether it is the pinned release build."""
     if not _rkllm(ctx):
         return None
-    from edgebot.engine import rkllm_api as api
+    from edgebot.engine.backends import rkllm_api as api
 
     name = ctx.config.get("rkllm", "library")
     try:

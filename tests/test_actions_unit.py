@@ -161,8 +161,8 @@ def test_enum_values_with_quotes_are_refused(tmp_path: Path) -> None:
 
 # -- the serial side: T and R lines, one call in flight, resends -----------------------------------
 
-from edgebot.bridges import serial_protocol as sp  # noqa: E402
-from edgebot.bridges.serial_actions import ActionCaller, Call  # noqa: E402
+from edgebot.bridges.serial import protocol as sp  # noqa: E402
+from edgebot.bridges.serial.actions import ActionCaller, Call  # noqa: E402
 
 
 def test_r_lines_parse_and_t_lines_format() -> None:

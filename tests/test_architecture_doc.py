@@ -42,20 +42,20 @@ def test_module_map_names_every_core_module() -> None:
 
 
 def test_engine_imports_neither_bus_nor_bridges() -> None:
-    for path in (PKG / "engine").glob("*.py"):
+    for path in (PKG / "engine").rglob("*.py"):
         bad = {n for n in imports(path) if under(n, "edgebot") and not under(n, "edgebot.engine")}
         assert not bad, f"{path.name} imports {bad}"
 
 
 def test_bus_imports_neither_engine_nor_bridges() -> None:
-    for path in (PKG / "bus").glob("*.py"):
+    for path in (PKG / "bus").rglob("*.py"):
         bad = {n for n in imports(path) if under(n, "edgebot.engine", "edgebot.bridges", "edgebot.dispatch",
                                                    "edgebot.daemon", "edgebot.cli")}
         assert not bad, f"{path.name} imports {bad}"
 
 
 def test_bridges_and_cli_never_import_the_engine() -> None:
-    for path in [*(PKG / "bridges").glob("*.py"), PKG / "cli.py"]:
+    for path in [*(PKG / "bridges").rglob("*.py"), PKG / "cli.py"]:
         bad = {n for n in imports(path) if under(n, "edgebot.engine", "edgebot.dispatch", "edgebot.daemon", "llama_cpp")}
         assert not bad, f"{path.relative_to(REPO)} imports {bad}"
 

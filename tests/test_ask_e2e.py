@@ -75,7 +75,7 @@ def test_control_token_text_in_a_question_is_plain_text(daemon: Daemon) -> None:
 
 
 def test_user_text_never_becomes_a_control_token(script_model: Path) -> None:
-    from edgebot.engine.llama_backend import LlamaBackend
+    from edgebot.engine.backends.llama import LlamaBackend
 
     backend = LlamaBackend(str(script_model), n_ctx=512)
     backend.load()

@@ -6,8 +6,9 @@ from __future__ import annotations
 import queue
 from pathlib import Path
 
-from edgebot.engine.llama_backend import LlamaBackend
-from edgebot.engine.scheduler import Engine, EngineSettings, Job, JobDelta, JobEnded
+from edgebot.engine.backends.llama import LlamaBackend
+from edgebot.engine.jobs import EngineSettings, Job, JobDelta, JobEnded
+from edgebot.engine.scheduler import Engine
 from edgebot.testing.script_model import DEFAULT_SCRIPT
 
 

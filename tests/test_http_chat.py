@@ -79,7 +79,7 @@ def test_stop_strings_split_anywhere(text: str, cuts: list[int], stops: list[str
 
 
 def test_an_http_job_pushed_out_of_the_queue_is_a_429() -> None:
-    from edgebot.engine.scheduler import JobEnded
+    from edgebot.engine.jobs import JobEnded
     from edgebot.http.server import _ended_error
 
     err = _ended_error(JobEnded("h1", "error", {}, "a voice question took its place", "busy"))

@@ -19,8 +19,9 @@ aiohttp = pytest.importorskip("aiohttp")  # the `http` extra
 
 from conftest import BusConn, Daemon
 from edgebot.config import load_config
-from edgebot.engine.llama_backend import LlamaBackend
-from edgebot.engine.scheduler import Engine, EngineSettings
+from edgebot.engine.backends.llama import LlamaBackend
+from edgebot.engine.jobs import EngineSettings
+from edgebot.engine.scheduler import Engine
 from edgebot.http.server import HttpApi
 from test_http_api import QUESTION, free_port
 

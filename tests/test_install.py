@@ -14,7 +14,7 @@ import pytest
 
 from conftest import APT_LINE
 from edgebot.config import load_config
-from edgebot.engine import rkllm_api as api
+from edgebot.engine.backends import rkllm_api as api
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALL = REPO / "deploy" / "install.sh"

@@ -17,9 +17,10 @@ from typing import Any, Optional
 import pytest
 
 from conftest import BusConn
-from edgebot.engine.llama_backend import LlamaBackend
-from edgebot.engine.remote_backend import RemoteBackend
-from edgebot.engine.scheduler import Engine, EngineSettings, Job, JobDelta, JobEnded
+from edgebot.engine.backends.llama import LlamaBackend
+from edgebot.engine.backends.remote import RemoteBackend
+from edgebot.engine.jobs import EngineSettings, Job, JobDelta, JobEnded
+from edgebot.engine.scheduler import Engine
 from edgebot.testing.script_model import DEFAULT_SCRIPT, Script, write_script_model
 from test_http_api import free_port
 

@@ -18,10 +18,10 @@ import pytest
 
 from rkllm_harness import ANSWER, FAKE_DIR, SCRIPT, FakeLibs, fake_libs, read_log, runs, write_fake_model
 
-from edgebot.engine import rkllm_api as api
+from edgebot.engine.backends import rkllm_api as api
 from edgebot.engine.backend import ModelError, SamplingParams
 from edgebot.engine.prompt import Turn
-from edgebot.engine.rkllm_backend import RkllmBackend, neutralize
+from edgebot.engine.backends.rkllm import RkllmBackend, neutralize
 from edgebot.engine.think import ThinkSplitter
 
 __all__ = ["fake_libs"]  # the session fixture, re-exported for pytest

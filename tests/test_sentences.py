@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgebot.bridges.sentences import SentenceCutter, clean_for_speech, cut_text, speakable_sentences
+from edgebot.bridges.voice.sentences import SentenceCutter, clean_for_speech, cut_text, speakable_sentences
 
 
 @pytest.mark.parametrize("text, expected", [

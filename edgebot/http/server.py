@@ -25,7 +25,8 @@ from typing import Any, Awaitable, Callable, Optional
 from aiohttp import web
 
 from edgebot.config import Config
-from edgebot.engine.scheduler import Engine, EngineBusy, EngineEvent, EngineNotReady, Job, JobDelta, JobEnded
+from edgebot.engine.jobs import EngineBusy, EngineEvent, EngineNotReady, Job, JobDelta, JobEnded
+from edgebot.engine.scheduler import Engine
 from edgebot.http.chat import DONE, FINISH, ApiError, ChatRequest, bad, chunk, completion, parse_chat, sse_error
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ import tty
 from pathlib import Path
 from typing import Optional
 
-from edgebot.bridges.serial_protocol import MAX_LINE_BYTES, checksum, unescape
+from edgebot.bridges.serial.chunking import unescape
+from edgebot.bridges.serial.protocol import MAX_LINE_BYTES, checksum
 
 
 class BoardError(AssertionError):

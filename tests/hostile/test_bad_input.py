@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgebot.bridges import serial_protocol as sp
+from edgebot.bridges.serial import protocol as sp
 from edgebot.bus import codec
 from edgebot.bus import messages as m
 from edgebot.config import ConfigError, load_config

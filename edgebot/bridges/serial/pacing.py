@@ -18,7 +18,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Optional
 
-from edgebot.bridges.serial_protocol import Chunker, answer_text_limit, format_answer, format_end
+from edgebot.bridges.serial.chunking import Chunker
+from edgebot.bridges.serial.protocol import answer_text_limit, format_answer, format_end
 
 TRIES = 3
 """Sends of one chunk (the first and two resends) before the answer is abandoned."""

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from edgebot.bridges import audio_device as ad
+from edgebot.bridges.voice import audio_device as ad
 
 log = logging.getLogger(__name__)
 

@@ -29,11 +29,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from edgebot.bridges import audio_device as ad
-from edgebot.bridges.player import Player
-from edgebot.bridges.sentences import SentenceCutter, clean_for_speech
+from edgebot.bridges.voice import audio_device as ad
+from edgebot.bridges.voice.player import Player
+from edgebot.bridges.voice.sentences import SentenceCutter, clean_for_speech
 from edgebot.bridges.supervisor import Bridge, BusLink, base_parser, bridge_main
-from edgebot.bridges.tts import Voice, VoiceError, load_voice
+from edgebot.bridges.voice.tts import Voice, VoiceError, load_voice
 from edgebot.bus import messages as m
 from edgebot.config import Config, ConfigError
 

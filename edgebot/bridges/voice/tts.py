@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from edgebot.bridges.recognizer import VOICES_DIR, installed_model_packages, package_dir
+from edgebot.bridges.voice.recognizer import VOICES_DIR, installed_model_packages, package_dir
 
 log = logging.getLogger(__name__)
 logging.getLogger("piper").setLevel(logging.INFO)  # piper logs every sentence's phonemes at DEBUG

@@ -29,8 +29,8 @@ import threading
 import time
 from typing import Any, Optional, Sequence
 
-from edgebot.bridges import audio_device as ad
-from edgebot.bridges.recognizer import (CHUNK_S, RATE, ChunkBuffer, Dropped, EndpointConfig, Endpointer, Final,
+from edgebot.bridges.voice import audio_device as ad
+from edgebot.bridges.voice.recognizer import (CHUNK_S, RATE, ChunkBuffer, Dropped, EndpointConfig, Endpointer, Final,
                                         ModelError, Partial, SpeechStarted, load_vosk_model, resolve_vosk_model,
                                         wake_grammar, wake_spotted)
 from edgebot.bridges.supervisor import Bridge, BusLink, base_parser, bridge_main

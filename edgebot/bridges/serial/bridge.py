@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import edgebot
-from edgebot.bridges import serial_protocol as sp
-from edgebot.bridges.serial_actions import ActionCaller, Call, Done
-from edgebot.bridges.serial_pacing import AnswerSender
-from edgebot.bridges.serial_port import PortUnavailable, SerialLink, open_serial
+from edgebot.bridges.serial import protocol as sp
+from edgebot.bridges.serial.actions import ActionCaller, Call, Done
+from edgebot.bridges.serial.pacing import AnswerSender
+from edgebot.bridges.serial.port import PortUnavailable, SerialLink, open_serial
 from edgebot.bridges.supervisor import Bridge, BusLink, base_parser, bridge_main
 from edgebot.bus import messages as m
 from edgebot.config import Config, ConfigError

@@ -18,8 +18,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Optional
 
-from edgebot.bridges.serial_pacing import EPS_S, TRIES
-from edgebot.bridges.serial_protocol import DEFAULT_RX_BYTES, MAX_ID, MAX_LINE_BYTES, format_action
+from edgebot.bridges.serial.pacing import EPS_S, TRIES
+from edgebot.bridges.serial.protocol import DEFAULT_RX_BYTES, MAX_ID, MAX_LINE_BYTES, format_action
 
 QUEUE_MAX = 8
 """Calls waiting for the line; more are refused at once."""

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 
 from edgebot.engine.backend import (Backend, BackendInfo, GenerationResult, PieceCallback, PreparedPrompt,
                                     SamplingParams)
-from edgebot.engine.http_client import Cancelled, RemoteError, request
+from edgebot.engine.backends.http_client import Cancelled, RemoteError, request
 from edgebot.engine.prompt import Turn
 from edgebot.engine.think import CLOSE_TAG, OPEN_TAG, ThinkSplitter
 

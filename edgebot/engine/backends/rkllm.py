@@ -48,7 +48,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from edgebot.engine import rkllm_api as api
+from edgebot.engine.backends import rkllm_api as api
 from edgebot.engine.backend import (Backend, BackendInfo, GenerationResult, ModelError, PieceCallback,
                                     PreparedPrompt, SamplingParams)
 from edgebot.engine.chat_template import BOS_TEXT, EOS_TEXT, R1_DISTILL_CHAT_TEMPLATE

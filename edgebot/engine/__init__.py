@@ -1,0 +1,1 @@
+"""The engine inside edgebotd: the worker thread, queue, sessions, thinking and the backends."""
