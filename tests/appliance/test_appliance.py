@@ -175,6 +175,17 @@ def test_a_second_install_changes_nothing(box: Container) -> None:
     assert "    run: " not in r.stdout
 
 
+def test_a_pip_failure_is_explained(box: Container) -> None:
+    bad = "/root/bad/llama_cpp_python-0.3.36-cp311-cp311-linux_x86_64.whl"
+    box.write(bad, "not a wheel")
+    r = box.run("bash", "/root/edgebot/deploy/install.sh", "generic-x86", "--wheel", bad, "--no-models", check=False,
+                timeout=600)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"install.sh: error: pip could not install the llama-cpp-python wheel {bad} (its own messages are above)" \
+        in r.stderr and "run install.sh again" in r.stderr, r.stderr
+    assert box.run("/opt/edgebot/venv/bin/python", "-c", "import llama_cpp").returncode == 0  # the good one stays
+
+
 def test_type_notify_ready_after_the_model_loads(box: Container) -> None:
     t0 = time.monotonic()
     box.run("systemctl", "start", "edgebot.service", timeout=120)  # returns once READY=1 arrived (Type=notify)
