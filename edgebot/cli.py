@@ -181,6 +181,9 @@ def _print_status(report: m.StatusReport) -> None:
         lines.append(f"temp:     {report.temperature_c:.1f} °C")
     for s in report.sessions:
         lines.append(f"session:  {s['name']}: {s['turns']} turns, idle {s['idle_s']} s")
+    for bridge, dev in report.devices.items():
+        what = {"speech-in": "microphone", "speech-out": "speaker"}.get(bridge, bridge)
+        lines.append(f"{what + ':':9} {dev.get('state')} ({bridge}){': ' + dev['message'] if dev.get('message') else ''}")
     print("\n".join(lines))
 
 

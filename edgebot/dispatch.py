@@ -243,4 +243,6 @@ class Dispatcher:
                               memory={"rss_mb": read_rss_mb()}, temperature_c=read_temperature_c(),
                               clients=len(self.hub.connections) if self.hub else 0, error=st["error"],
                               voice_latency=self.voice_latency,
-                              actions=self.actions.status() if self.actions is not None else {})
+                              actions=self.actions.status() if self.actions is not None else {},
+                              devices={bridge: {"state": rep.state, "device": rep.device, "message": rep.message}
+                                       for bridge, (_, rep) in sorted(self.audio_devices.items())})

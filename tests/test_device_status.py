@@ -43,6 +43,9 @@ def test_a_missing_speaker_shows_in_status_and_say_fails(daemon: Daemon, tmp_pat
         r = daemon.cli("say", "Hello there.")
         assert r.returncode == 1, r.stdout + r.stderr
         assert "nothing can be spoken: edgebot-speech-out has no speaker" in r.stderr, r.stderr
+        status = daemon.cli("status")
+        assert status.returncode == 0 and "speaker:  missing (speech-out): " in status.stdout, status.stdout
+        assert "no-such-speaker-here" in status.stdout
         assert proc.poll() is None  # still running, retrying by itself
     finally:
         bus.close()
@@ -52,6 +55,7 @@ def test_a_missing_speaker_shows_in_status_and_say_fails(daemon: Daemon, tmp_pat
     # with the bridge gone, say reports that no speech-out is connected (as before)
     r = daemon.cli("say", "Hello there.")
     assert r.returncode == 1 and "no speech-out bridge is connected" in r.stderr, r.stderr
+    assert "speaker:" not in daemon.cli("status").stdout  # a bridge that left reports nothing
 
 
 def test_device_reports_become_status_lines() -> None:

@@ -247,6 +247,9 @@ class StatusReport(Message):
     """The last ``voice-latency`` report (empty before the first voice turn)."""
     actions: dict[str, Any] = field(default_factory=dict)
     """``{enabled, declared: [{name, description, parameters, port, confirm, rate_limit, ...}]}``."""
+    devices: dict[str, Any] = field(default_factory=dict)
+    """The bridges' devices as they last reported them: ``{"speech-out": {state, device, message}, ...}``
+    from ``audio-device``; the key is the bridge (speech-in, speech-out); only connected bridges."""
 
 
 @dataclass
