@@ -74,6 +74,9 @@ async def cmd_ask(client: BusClient, args: argparse.Namespace) -> int:
             return code
         # refused `not-ready` while the model loads (the ask that socket activation started edgebotd for):
         # wait for the model, bounded by --wait-ready, and ask again
+        if loop.time() > deadline:
+            print(f"edgebot-cli: not-ready: still refused after {args.wait_ready:g} s (--wait-ready)", file=sys.stderr)
+            return EXIT_DAEMON_ERROR
         if not await _wait_loaded(client, deadline, interrupted, args.wait_ready):
             return EXIT_INTERRUPTED if interrupted.is_set() else EXIT_DAEMON_ERROR
 
@@ -106,7 +109,7 @@ async def _follow_answer(client: BusClient, args: argparse.Namespace, ask_id: st
         if getattr(msg, "id", None) != ask_id:
             continue
         if (isinstance(msg, m.Error) and msg.code == "not-ready" and not cancel_sent and args.wait_ready > 0
-                and await _daemon_state(client) in LOADING_STATES):
+                and await _daemon_state(client) in LOADING_STATES + ("ready",)):  # ready: it just finished
             return None
         if args.json:
             _json_line(msg)
