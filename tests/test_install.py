@@ -39,8 +39,9 @@ def install(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason=f"shellcheck missing: {APT_LINE}")
 def test_deploy_scripts_are_shellcheck_clean() -> None:
-    scripts = sorted(str(p) for p in (REPO / "deploy").glob("*.sh"))
-    assert str(INSTALL) in scripts
+    scripts = sorted(str(p) for pattern in ("deploy/*.sh", "tests/appliance/*.sh", "tests/boards/*.sh")
+                     for p in REPO.glob(pattern))
+    assert str(INSTALL) in scripts and len(scripts) >= 6
     r = subprocess.run(["shellcheck", *scripts], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout
 
