@@ -16,6 +16,11 @@ from edgebot.bus.messages import Error, Hello, Message, Welcome
 from edgebot.bus.sockdir import UnsafeSocketDir, check_socket_dir
 
 
+class BusRefused(BusUnavailable):
+    """edgebotd answered the connection with an error instead of ``welcome`` (it cannot start, or
+    this user is not allowed): retrying at once cannot help."""
+
+
 class BusClient:
     """One connection to edgebotd."""
 
@@ -49,7 +54,8 @@ class BusClient:
                     self.welcome = msg
                     return self
                 if isinstance(msg, Error):
-                    raise BusUnavailable(f"edgebotd refused the connection: {msg.message}")
+                    await self.close()
+                    raise BusRefused(f"edgebotd refused the connection: {msg.message}")
         except asyncio.TimeoutError:
             await self.close()
             raise BusUnavailable(f"edgebotd at {path} did not answer hello within {timeout:g} s") from None

@@ -49,7 +49,8 @@ ROUTES: dict[str, tuple[str, str]] = {
     "answer-delta": ("edgebotd", "the asker, and subscribers of the type"),
     "answer-end": ("edgebotd", "the asker, and subscribers of the type"),
     "cancel": ("client", "edgebotd, which relays it to subscribers of the type"),
-    "say": ("client", "subscribers of `say` (edgebot-speech-out); the sender gets `ack`"),
+    "say": ("client", "subscribers of `say` (edgebot-speech-out); the sender gets `ack`, or `not-ready` when "
+                      "speech-out reported its speaker missing (nothing would be spoken)"),
     "heard": ("edgebot-speech-in", "subscribers of the type (relayed, no reply)"),
     "speaking": ("edgebot-speech-out (role `speech-out` only)", "subscribers of the type (relayed, no reply); "
                  "edgebotd sends the `stop` itself when a start expires or its speaker leaves"),
