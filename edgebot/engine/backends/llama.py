@@ -10,29 +10,33 @@ The model and context are made with llama-cpp-python's low-level wrappers (``Lla
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
+import re
 import threading
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
+from edgebot.config.schema import GET_MODEL as GET_MODEL_COMMAND
 from edgebot.engine.backend import (Backend, BackendInfo, GenerationResult, ModelError, PieceCallback,
                                     PreparedPrompt, SamplingParams)
 from edgebot.engine.backends.llama_batch import Batcher, Stream, token_piece
+from edgebot.engine.backends.llama_grammar import GRAMMAR_STEP_S, build_grammar
 from edgebot.engine.backends.llama_seqs import SeqPool
 from edgebot.engine.prompt import Turn, render_segments
 from edgebot.engine.think import OPEN_TAG
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LlamaBackend", "check_model_file", "token_piece"]
+__all__ = ["GRAMMAR_STEP_S", "LlamaBackend", "check_model_file", "load_progress", "token_piece"]
 
 FAULT_STALL_ENV = "EDGEBOT_FAULT_STALL_GENERATE"
 """Fault-injection hook for tests/hostile: set to 1, every answer blocks forever in ``generate``
 (never yields a token, never checks cancel), to prove the watchdog ping stops. Off unless set."""
 
-GET_MODEL = ("Get the model with `deploy/get-model.sh` (DeepSeek-R1-Distill-Qwen-1.5B Q4_K_M GGUF) "
+GET_MODEL = (f"Get the model with `{GET_MODEL_COMMAND}` (DeepSeek-R1-Distill-Qwen-1.5B Q4_K_M GGUF) "
              "or set [llm] model / --model to a GGUF file.")
 
 
@@ -49,10 +53,49 @@ def check_model_file(path: str) -> None:
     except PermissionError:
         raise ModelError(f"model file {path} is not readable by this user (uid {os.getuid()}); "
                          f"fix its permissions (e.g. chmod 0644)") from None
+    if not head:
+        raise ModelError(f"model file {path} is empty (0 bytes). {GET_MODEL}")
     if head[:4] != b"GGUF":
         raise ModelError(f"model file {path} is not a GGUF file (it starts with {head[:4]!r}). {GET_MODEL}")
     if len(head) < 24:
         raise ModelError(f"model file {path} is truncated ({p.stat().st_size} bytes). {GET_MODEL}")
+
+
+@contextlib.contextmanager
+def load_progress(backend: Backend, log_every: float = 10.0) -> Iterator[None]:
+    """While a ``Llama`` is built: llama.cpp's ``progress_callback`` (in ``llama_model_params``, the
+    fraction of the tensor data mapped/read) goes to ``backend.load_progress`` (percent) and to the
+    log every ``log_every`` percent. ``Llama()`` takes no callback, so its default params get one for
+    the duration (only the engine thread builds a ``Llama``)."""
+    import llama_cpp.llama_cpp as lib
+
+    default_params = lib.llama_model_default_params
+    logged = [-log_every]
+
+    def on_progress(fraction: float, _user: object) -> bool:
+        try:
+            backend.load_progress = percent = round(min(max(fraction, 0.0), 1.0) * 100, 1)
+            if percent >= logged[0] + log_every or (percent == 100 and logged[0] < 100):
+                logged[0] = percent
+                log.info("loading %s: %.0f %%", getattr(backend, "model_path", "the model"), percent)
+        except Exception:  # noqa: BLE001 - never abort the load (returning False would) for a log line
+            pass
+        return True
+
+    callback = lib.llama_progress_callback(on_progress)  # kept alive until the load returns
+
+    def params_with_progress() -> Any:
+        params = default_params()
+        params.progress_callback = callback
+        return params
+
+    backend.load_progress = 0.0
+    lib.llama_model_default_params = params_with_progress
+    try:
+        yield
+    finally:
+        lib.llama_model_default_params = default_params
+        backend.load_progress = None
 
 
 class LlamaBackend(Backend):
@@ -77,7 +120,11 @@ class LlamaBackend(Backend):
         self.pool: Optional[SeqPool] = None
         self.batcher: Optional[Batcher] = None
         self._special: dict[str, int] = {}  # text of every control / user-defined token
+        self._special_re: Optional[re.Pattern[str]] = None  # any of them, longest first
+        self._spelled: dict[str, list[int]] = {}  # a special token's text as plain-character tokens
         self._template: Optional[str] = None
+        self._closing = threading.Lock()  # a grammar check on another thread never races the model's release
+        self.load_progress: Optional[float] = None  # percent while loading (load_progress), else None
         self._bos_text = ""
         self._eos_text = ""
 
@@ -91,8 +138,7 @@ class LlamaBackend(Backend):
 
         set_verbose(False)  # llama.cpp's own log: errors only (as llama_cpp.Llama(verbose=False))
 
-        mparams = llama_cpp.llama_model_default_params()
-        mparams.load_mode = {(True, True): llama_cpp.LLAMA_LOAD_MODE_MMAP_MLOCK, (False, True): llama_cpp.LLAMA_LOAD_MODE_MLOCK,
+        load_mode = {(True, True): llama_cpp.LLAMA_LOAD_MODE_MMAP_MLOCK, (False, True): llama_cpp.LLAMA_LOAD_MODE_MLOCK,
                              (True, False): llama_cpp.LLAMA_LOAD_MODE_MMAP,
                              (False, False): llama_cpp.LLAMA_LOAD_MODE_NONE}[(self.use_mmap, self.use_mlock)]
         cparams = llama_cpp.llama_context_default_params()
@@ -104,7 +150,10 @@ class LlamaBackend(Backend):
         cparams.kv_unified = True  # one pool of cells for every sequence, each may use up to n_ctx of them
         cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as llama_cpp.Llama's default
         try:
-            model = internals.LlamaModel(path_model=self.model_path, params=mparams, verbose=False)
+            with load_progress(self):
+                mparams = llama_cpp.llama_cpp.llama_model_default_params()  # with the progress callback
+                mparams.load_mode = load_mode
+                model = internals.LlamaModel(path_model=self.model_path, params=mparams, verbose=False)
             ctx = internals.LlamaContext(model=model, params=cparams, verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelError(f"model file {self.model_path} could not be loaded by llama.cpp ({exc}); "
@@ -118,6 +167,8 @@ class LlamaBackend(Backend):
                 text = token_piece(model.vocab, tok, special=True).decode("utf-8", "replace")
                 if len(text) > 1:
                     self._special[text] = tok
+        if self._special:
+            self._special_re = re.compile("|".join(re.escape(t) for t in sorted(self._special, key=len, reverse=True)))
         self._template = model.metadata().get("tokenizer.chat_template")
         self._bos_text = model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else ""
         self._eos_text = model.token_get_text(model.token_eos()) if model.token_eos() >= 0 else ""
@@ -132,12 +183,13 @@ class LlamaBackend(Backend):
         if self.batcher is not None:
             self.batcher.close()
             self.batcher = None
-        if self._ctx is not None:
-            self._ctx.close()
-            self._ctx = None
-        if self._llm is not None:
-            self._llm.close()
-            self._llm = None
+        with self._closing:
+            if self._ctx is not None:
+                self._ctx.close()
+                self._ctx = None
+            if self._llm is not None:
+                self._llm.close()
+                self._llm = None
         self.pool = None
 
     def forget(self, key: str) -> None:
@@ -158,22 +210,27 @@ class LlamaBackend(Backend):
 
         llama.cpp matches user-defined tokens (``<｜User｜>``, ``<think>`` in R1 models) even with
         ``special=False``, so every occurrence of a special token's text is tokenized one
-        character at a time.
+        character at a time. One left-to-right scan (the longest special text wins where several
+        start), so the time is linear in the text: 1 MiB of ``<think>`` once took 52 s here.
         """
-        assert self._llm is not None
+        llm = self._llm
+        assert llm is not None
+        if self._special_re is None:
+            return llm.tokenize(text.encode(), add_bos=False, special=False) if text else []
         tokens: list[int] = []
-        rest = text
-        while rest:
-            hits = [(rest.find(s), s) for s in self._special if s in rest]
-            if not hits:
-                tokens += self._llm.tokenize(rest.encode(), add_bos=False, special=False)
-                break
-            idx, special = min(hits, key=lambda h: (h[0], -len(h[1])))
-            if idx:
-                tokens += self._llm.tokenize(rest[:idx].encode(), add_bos=False, special=False)
-            for ch in special:
-                tokens += self._llm.tokenize(ch.encode(), add_bos=False, special=False)
-            rest = rest[idx + len(special):]
+        pos = 0
+        for match in self._special_re.finditer(text):
+            if match.start() > pos:
+                tokens += llm.tokenize(text[pos:match.start()].encode(), add_bos=False, special=False)
+            special = match.group()
+            spelled = self._spelled.get(special)
+            if spelled is None:
+                spelled = [t for ch in special for t in llm.tokenize(ch.encode(), add_bos=False, special=False)]
+                self._spelled[special] = spelled
+            tokens += spelled
+            pos = match.end()
+        if pos < len(text):
+            tokens += llm.tokenize(text[pos:].encode(), add_bos=False, special=False)
         return tokens
 
     def prepare(self, turns: list[Turn], question: Optional[str], persona: str = "") -> PreparedPrompt:
@@ -261,26 +318,11 @@ class LlamaBackend(Backend):
             chain.add_dist(seed)
         return chain
 
-    def _grammar_sampler(self, params: SamplingParams) -> Any:
-        """A sampler chain like the free one, constrained by the grammar of ``params.json_schema``.
+    def _grammar(self, json_schema: str) -> Any:
+        return build_grammar(json_schema, lambda: self._llm.vocab if self._llm is not None else None, self._closing)
 
-        Raises ValueError when the schema cannot be turned into a grammar llama.cpp accepts.
-        """
-        assert self._llm is not None and params.json_schema is not None
-        import llama_cpp
-        from llama_cpp.llama_grammar import LlamaGrammar
-
-        try:
-            grammar = LlamaGrammar.from_json_schema(params.json_schema, verbose=False)
-        except Exception as exc:  # noqa: BLE001 - the converter raises assorted types on odd schemas
-            raise ValueError(f"the JSON schema cannot be turned into a grammar: {exc}") from None
-        # llama-cpp-python adds a grammar sampler without checking it parsed (a NULL would crash):
-        # parse it once here first.
-        probe = llama_cpp.llama_sampler_init_grammar(self._llm.vocab, grammar._grammar.encode(), b"root")
-        if not probe:
-            raise ValueError("llama.cpp refused the grammar made from the JSON schema")
-        llama_cpp.llama_sampler_free(probe)
-        return self._sampler(params, grammar)
+    def check_grammar(self, json_schema: str) -> None:
+        self._grammar(json_schema)
 
     def open(self, prompt: PreparedPrompt, params: SamplingParams, max_tokens: int, cancel: threading.Event,
              on_piece: PieceCallback) -> Stream:
@@ -290,13 +332,16 @@ class LlamaBackend(Backend):
         has no room for it beside the running answers (it may be opened again later).
         """
         assert self.pool is not None
-        constrained = self._grammar_sampler(params) if params.json_schema is not None else None
+        constrained = self._sampler(params, self._grammar(params.json_schema)) if params.json_schema is not None \
+            else None
         seq = self.pool.acquire(prompt.key, prompt.tokens)
         cached = self.pool.reuse(seq, prompt.tokens, prompt.dropped)
         if not self.pool.make_room(len(prompt.tokens) - cached + 1, seq):
             self.pool.release(seq)
             raise MemoryError("the KV cache is full with running answers")
-        return Stream(seq, prompt, cached, max_tokens, cancel, on_piece, self._sampler(params), constrained)
+        st = Stream(seq, prompt, cached, max_tokens, cancel, on_piece, self._sampler(params), constrained)
+        st.grammar_step_s = GRAMMAR_STEP_S  # read here, so a test may lower it
+        return st
 
     def step(self, streams: list[Stream]) -> None:
         """One ``llama_decode`` for every open stream."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import logging
 import threading
+import time
 from typing import Any, Optional
 
 from edgebot.engine.backend import GenerationResult, PieceCallback, PreparedPrompt
@@ -58,6 +59,7 @@ class Stream:
         self.on_piece = on_piece
         self.sampler = sampler
         self.constrained = constrained  # the grammar's chain: takes over once the thinking has closed
+        self.grammar_step_s = 5.0  # longest one grammar-constrained sampling step may take (seconds)
         self.answering = not prompt.starts_thinking
         self.seen = ""
         self.pieces = PieceSplitter(prompt.starts_thinking)
@@ -158,8 +160,17 @@ class Batcher:
         if result.completion_tokens >= st.limit:
             st.finish("length")
             return
-        chain = st.constrained if st.constrained is not None and st.answering else st.sampler
-        token = ll.llama_sampler_sample(chain.sampler, self.ctx.ctx, index)
+        if st.constrained is not None and st.answering:
+            began = time.monotonic()
+            token = ll.llama_sampler_sample(st.constrained.sampler, self.ctx.ctx, index)
+            took = time.monotonic() - began
+            if took > st.grammar_step_s:
+                result.message = (f"one token under the JSON schema's grammar took {took:.1f} s (limit "
+                                  f"{st.grammar_step_s:g} s); simplify the schema")
+                st.finish("error")
+                return
+        else:
+            token = ll.llama_sampler_sample(st.sampler.sampler, self.ctx.ctx, index)
         if ll.llama_vocab_is_eog(self.model.vocab, token):
             st.finish("stop")
             return
