@@ -44,6 +44,7 @@ class SessionStore:
             while len(self._sessions) >= max(1, self.max_sessions):
                 oldest = min(self._sessions.values(), key=lambda s: s.last_used)
                 del self._sessions[oldest.name]
+                self.gone.append(oldest.name)
             session = self._sessions[name] = Session(name, last_used=self.clock())
         session.last_used = self.clock()
         return session
