@@ -1,5 +1,7 @@
 """The engine: one worker thread that owns the backend, a bounded priority queue, cancel,
-sessions, the think splitter and budget, and per-answer stats.
+sessions, and when each answer runs — one at a time through ``Backend.generate``, or up to
+``[engine] parallel`` together (``batching.py``). One answer's own work (prompt fitting, think
+budget, stop strings, stats, the session's turn) is ``answer.Answer``.
 
 Events go out through each job's ``sink`` callable, called on the worker thread (the daemon
 hands them to its event loop). Every accepted job ends with exactly one ``JobEnded``.
