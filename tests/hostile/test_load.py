@@ -43,7 +43,7 @@ def raw_client(daemon: Daemon, n: int, results: dict[str, Any], errors: list[str
                 bus.ask(ids[sent], f"question {n}.{sent} from a raw client", source="cli")
                 pending.add(ids[sent])
                 sent += 1
-            ev = bus.recv(120)
+            ev = bus.recv(500)
             assert ev is not None, "edgebotd closed a raw client"
             id_ = ev["data"].get("id")
             events[id_].append(ev)
