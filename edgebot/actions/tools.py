@@ -17,17 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from edgebot.actions.registry import Action
-
-
-def answer_schema(actions: list[Action]) -> dict[str, Any]:
-    """The JSON Schema every model answer must match when ``actions`` are offered."""
-    calls = [{"type": "object",
-              "properties": {"action": {"const": a.name}, "args": a.schema},
-              "required": ["action", "args"], "additionalProperties": False} for a in actions]
-    plain = {"type": "object", "properties": {"answer": {"type": "string"}},
-             "required": ["answer"], "additionalProperties": False}
-    return {"anyOf": [*calls, plain]}
+from edgebot.actions.registry import Action, answer_schema  # noqa: F401 - answer_schema is part of this contract
 
 
 def _describe_params(schema: dict[str, Any]) -> str:
