@@ -106,7 +106,8 @@ def test_cli_imports_nothing_heavy_at_start() -> None:
     framing, not asyncio, not the message classes, not the config (only looked up without a socket)."""
     names = closure("edgebot.cli", top_level_only=True)
     ours = {n for n in names if under(n, "edgebot")}
-    assert ours <= {"edgebot", "edgebot.cli", "edgebot.bus", "edgebot.bus.blocking", "edgebot.bus.framing"}, ours
+    assert ours <= {"edgebot", "edgebot.cli", "edgebot.bus", "edgebot.bus.blocking", "edgebot.bus.framing",
+                    "edgebot.bus.sockdir"}, ours  # sockdir: os, pwd and stat only
     assert not {n for n in names if under(n, "asyncio", "dataclasses", "typing_extensions", *HEAVY)}, names
 
 
