@@ -58,7 +58,10 @@ def test_edgebotd_killed_mid_answer_stops_the_speech_and_the_next_say_is_spoken(
         client = first.connect()
         t0 = time.monotonic()
         client.ask("long-1", "Talk for a long time.", speak=True, max_tokens=4000)
-        bus.expect("speaking", timeout=60, id="long-1", state="start")
+        try:
+            bus.expect("speaking", timeout=60, id="long-1", state="start")
+        except TimeoutError:
+            raise AssertionError(f"nothing was spoken; speech-out's log:\n{out.log_text()[-3000:]}") from None
         t_sound = speaker.wait_sound(t0)
         assert speaker.wait_sound(t_sound + 0.3) < t_sound + 1.5  # really talking
         t_kill = time.monotonic()
