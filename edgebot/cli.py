@@ -81,34 +81,55 @@ def _text(data: dict[str, Any], key: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-def cmd_ask(client: BlockingBusClient, args: argparse.Namespace) -> int:
-    import signal
+LOADING_STATES = ("starting", "loading")  # an ask refused `not-ready` in these states is asked again once loaded
 
-    question = args.question_text
-    ask_id = f"cli-{os.urandom(4).hex()}"  # what secrets.token_hex does, without importing hashlib/hmac
-    session = f"cli:{args.session}" if args.session else None
-    client.send("ask", id=ask_id, text=question, session=session, source="cli",
-                think="show" if args.think else "hide", max_tokens=args.max_tokens)
+
+def cmd_ask(client: BlockingBusClient, args: argparse.Namespace) -> int:
+    """Ask and stream the answer. An ask refused ``not-ready`` while edgebotd loads its model (the
+    ask that socket activation started it for) waits for the model, up to ``--wait-ready`` seconds,
+    and is asked again."""
+    import signal
+    import time
+
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
-    interrupted = False
+    interrupted = [False]
 
     def on_sigint(signum: int, frame: Any) -> None:
-        nonlocal interrupted
-        if interrupted:  # a second Ctrl-C: do not wait for the daemon any longer
+        if interrupted[0]:  # a second Ctrl-C: do not wait for the daemon any longer
             sys.stdout.flush()
             os._exit(EXIT_INTERRUPTED)
-        interrupted = True
+        interrupted[0] = True
 
     signal.set_wakeup_fd(wake_w)  # the signal's byte wakes recv's select
     signal.signal(signal.SIGINT, on_sigint)
+    deadline = time.monotonic() + args.wait_ready
+    while True:
+        code = _ask_once(client, args, wake_r, interrupted)
+        if code is not None:
+            return code
+        if time.monotonic() > deadline:
+            print(f"edgebot-cli: not-ready: still refused after {args.wait_ready:g} s (--wait-ready)", file=sys.stderr)
+            return EXIT_DAEMON_ERROR
+        if not _wait_loaded(client, deadline, wake_r, interrupted, args.wait_ready):
+            return EXIT_INTERRUPTED if interrupted[0] else EXIT_DAEMON_ERROR
+
+
+def _ask_once(client: BlockingBusClient, args: argparse.Namespace, wake_r: int,
+              interrupted: list[bool]) -> Optional[int]:
+    """Send the ask and print its answer as it streams; the exit code, or None when it was refused
+    because the model is still loading (nothing printed yet) and ``--wait-ready`` allows waiting."""
+    ask_id = f"cli-{os.urandom(4).hex()}"  # what secrets.token_hex does, without importing hashlib/hmac
+    session = f"cli:{args.session}" if args.session else None
+    client.send("ask", id=ask_id, text=args.question_text, session=session, source="cli",
+                think="show" if args.think else "hide", max_tokens=args.max_tokens)
     cancel_sent = False
     wrote_answer = wrote_think = False
     while True:
         try:
             msg = client.recv(wake_fd=wake_r)
         except Interrupted:
-            if interrupted and not cancel_sent:
+            if interrupted[0] and not cancel_sent:
                 cancel_sent = True
                 client.send("cancel", id=ask_id)
             continue
@@ -128,6 +149,9 @@ def cmd_ask(client: BlockingBusClient, args: argparse.Namespace) -> int:
             continue
         if data.get("id") != ask_id:
             continue
+        if (kind == "error" and data.get("code") == "not-ready" and not cancel_sent and args.wait_ready > 0
+                and _daemon_state(client) in LOADING_STATES + ("ready",)):  # ready: loading just finished
+            return None
         if args.json:
             _json_line(msg)
         if kind == "answer-delta" and not args.json:
@@ -153,6 +177,43 @@ def cmd_ask(client: BlockingBusClient, args: argparse.Namespace) -> int:
             if cancel_sent or data.get("reason") == "cancelled":
                 return EXIT_INTERRUPTED
             return EXIT_OK if data.get("reason") in ("stop", "length") else EXIT_DAEMON_ERROR
+
+
+def _daemon_state(client: BlockingBusClient) -> str:
+    """edgebotd's engine state (``loading``, ``ready``, ``failed``, ...) from a status report."""
+    client.send("status")
+    msg = reply(client, ("status-report",), quiet=True)
+    if msg is None or msg[0] != "status-report":
+        return "unreachable"
+    return str(msg[1].get("state"))
+
+
+def _wait_loaded(client: BlockingBusClient, deadline: float, wake_r: int, interrupted: list[bool],
+                 budget_s: float) -> bool:
+    """Poll edgebotd's state until the model is ready (True) or ``deadline`` (monotonic seconds)
+    passes, it fails to load, or Ctrl-C (False, after saying why on stderr)."""
+    import select
+    import time
+
+    print(f"edgebot-cli: edgebotd is loading its model; the question waits up to {budget_s:g} s (--wait-ready)",
+          file=sys.stderr)
+    delay = 0.05
+    while True:
+        state = _daemon_state(client)
+        if state == "ready":
+            return True
+        if state not in LOADING_STATES:
+            print(f"edgebot-cli: not-ready: edgebotd is {state}; see its log (journalctl -u edgebot)", file=sys.stderr)
+            return False
+        if time.monotonic() + delay > deadline:
+            print(f"edgebot-cli: not-ready: the model was still {state} after {budget_s:g} s; try again later "
+                  f"(edgebot-cli status --wait SECONDS waits for it)", file=sys.stderr)
+            return False
+        if select.select([wake_r], [], [], delay)[0]:  # the signal's byte: Ctrl-C while waiting
+            os.read(wake_r, 512)
+            if interrupted[0]:
+                return False
+        delay = min(delay * 2, 1.0)
 
 
 def cmd_status(client: BlockingBusClient, args: argparse.Namespace) -> int:
@@ -237,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--think", action="store_true", help="stream the model's thinking to stderr")
     ask.add_argument("--json", action="store_true", help="print one JSON bus event per line")
     ask.add_argument("--max-tokens", type=int, help="limit on generated tokens, thinking included")
+    ask.add_argument("--wait-ready", type=float, default=300.0, metavar="SECONDS",
+                     help="while edgebotd loads its model (just started, e.g. by socket activation), wait up to "
+                          "SECONDS for it and then ask (default 300; 0: fail at once with not-ready)")
     ask.add_argument("question", nargs="*",
                      help="the question; '-' or none reads it from stdin when stdin is not a terminal")
     status = sub.add_parser("status", help="show the daemon's state")

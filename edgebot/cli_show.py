@@ -23,6 +23,10 @@ def print_status(report: dict[str, Any]) -> None:
         lines.append(f"temp:     {report['temperature_c']:.1f} °C")
     for s in report.get("sessions") or []:
         lines.append(f"session:  {s.get('name')}: {s.get('turns')} turns, idle {s.get('idle_s')} s")
+    for bridge, dev in sorted((report.get("devices") or {}).items()):
+        what = {"speech-in": "microphone", "speech-out": "speaker"}.get(bridge, bridge)
+        message = f": {dev['message']}" if dev.get("message") else ""
+        lines.append(f"{what + ':':9} {dev.get('state')} ({bridge}){message}")
     print("\n".join(lines))
 
 

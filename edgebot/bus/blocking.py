@@ -14,6 +14,7 @@ import time
 
 import edgebot
 from edgebot.bus.framing import MAX_LINE_BYTES, ProtocolError, decode_envelope, encode_envelope
+from edgebot.bus.sockdir import UnsafeSocketDir, check_socket_dir
 
 TYPE_CHECKING = False  # typing itself costs ~2 ms at edgebot-cli's start-up; the annotations are strings
 if TYPE_CHECKING:
@@ -56,7 +57,12 @@ class BlockingBusClient:
 
     @classmethod
     def connect(cls, path: str, client: str, role: str = "client", timeout: float = 5.0) -> "BlockingBusClient":
-        """Connect and exchange hello/welcome within ``timeout`` seconds."""
+        """Connect and exchange hello/welcome within ``timeout`` seconds. A socket in a directory
+        another user controls is never connected to (:func:`sockdir.check_socket_dir`)."""
+        try:
+            check_socket_dir(path)
+        except UnsafeSocketDir as exc:
+            raise BusUnavailable(str(exc)) from None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:

@@ -13,6 +13,12 @@ import edgebot
 from edgebot.bus import codec
 from edgebot.bus.blocking import BusUnavailable, unavailable
 from edgebot.bus.messages import Error, Hello, Message, Welcome
+from edgebot.bus.sockdir import UnsafeSocketDir, check_socket_dir
+
+
+class BusRefused(BusUnavailable):
+    """edgebotd answered the connection with an error instead of ``welcome`` (it cannot start, or
+    this user is not allowed): retrying at once cannot help."""
 
 
 class BusClient:
@@ -26,7 +32,12 @@ class BusClient:
 
     @classmethod
     async def connect(cls, path: str, client: str, role: str = "client", timeout: float = 5.0) -> "BusClient":
-        """Connect and exchange hello/welcome within ``timeout`` seconds."""
+        """Connect and exchange hello/welcome within ``timeout`` seconds. A socket in a directory
+        another user controls is never connected to (:func:`sockdir.check_socket_dir`)."""
+        try:
+            check_socket_dir(path)
+        except UnsafeSocketDir as exc:
+            raise BusUnavailable(str(exc)) from None
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(path, limit=codec.MAX_LINE_BYTES + 1), timeout)
@@ -43,7 +54,8 @@ class BusClient:
                     self.welcome = msg
                     return self
                 if isinstance(msg, Error):
-                    raise BusUnavailable(f"edgebotd refused the connection: {msg.message}")
+                    await self.close()
+                    raise BusRefused(f"edgebotd refused the connection: {msg.message}")
         except asyncio.TimeoutError:
             await self.close()
             raise BusUnavailable(f"edgebotd at {path} did not answer hello within {timeout:g} s") from None

@@ -92,6 +92,7 @@ class EngineSettings:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     queue_max: int = default("engine.queue_max")
     session_idle_s: float = default("engine.session_idle_s")
+    max_sessions: int = default("engine.max_sessions")
     answer_reserve: int = default("engine.answer_reserve")
     persona: str = default("llm.persona")
     stall_s: float = default("daemon.stall_s")  # seconds without a token in a running job before alive() is False; 0 = never
