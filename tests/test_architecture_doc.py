@@ -106,19 +106,17 @@ def test_cli_imports_nothing_heavy_at_start() -> None:
     framing, not asyncio, not the message classes, not the config (only looked up without a socket)."""
     names = closure("edgebot.cli", top_level_only=True)
     ours = {n for n in names if under(n, "edgebot")}
-    # sockdir: the socket directory's ownership check every client makes (os, pwd, stat only)
-    assert ours <= {"edgebot", "edgebot.cli", "edgebot.bus", "edgebot.bus.blocking", "edgebot.bus.framing",
-                    "edgebot.bus.sockdir"}, ours
+    assert ours <= {"edgebot", "edgebot.cli", "edgebot.cli_args", "edgebot.bus", "edgebot.bus.blocking",
+                    "edgebot.bus.framing", "edgebot.bus.sockdir"}, ours
     assert not {n for n in names if under(n, "asyncio", "dataclasses", "typing_extensions", *HEAVY)}, names
 
 
 def test_cli_local_commands_never_import_the_engine() -> None:
     """``edgebot-cli model|doctor|completion``, followed through every import, lazy ones included."""
-    from edgebot.cli import LOCAL_COMMANDS
+    from edgebot.cli_args import LOCAL_COMMANDS
 
     for command, module in LOCAL_COMMANDS.items():
-        # the config loader checks [[actions]] parameter schemas with the engine's pure-Python schema
-        # bounds (json and dataclasses only; the engine package's __init__ is a docstring)
+        # the one documented exception: the config loader's [[actions]] check uses the pure schema bounds
         names = closure(module, top_level_only=False) - {"edgebot.engine", "edgebot.engine.schema_limits"}
         bad = {n for n in names if under(n, "edgebot.engine", "edgebot.dispatch", "edgebot.daemon", "llama_cpp",
                                           "numpy", "vosk", "piper", "sounddevice", "aiohttp")}

@@ -202,7 +202,7 @@ def test_http_plans_the_extra_the_config_and_the_network_dropin(tmp_path: Path) 
     env = {**fake_system(tmp_path), "EDGEBOT_ARCH": "aarch64"}
     r = install("rpi5", "--dry-run", "--http", env=env)
     assert r.returncode == 0, r.stderr
-    assert "[serial,voice,tts,http]" in r.stdout
+    assert "[serial,voice,http]" in r.stdout
     assert "    | [http]\n" in r.stdout and "    | enabled = true\n" in r.stdout
     assert "would write /etc/systemd/system/edgebot.service.d/network.conf:" in r.stdout
     assert "    | PrivateNetwork=no\n    | RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6\n" \

@@ -17,7 +17,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from edgebot.actions.registry import Action, answer_schema  # noqa: F401 - answer_schema is part of this contract
+from edgebot.actions.registry import Action, answer_schema
+
+__all__ = ["AnswerStream", "Call", "Plain", "answer_schema", "offer_text", "read_answer"]  # answer_schema: from registry
 
 
 def _describe_params(schema: dict[str, Any]) -> str:
