@@ -143,16 +143,6 @@ def check_entry(entry: dict[str, Any], where: str) -> Action:
                   rate_window_s=entry["rate_window_s"], phrases=_check_phrases(entry["phrases"], schema, where))
 
 
-def answer_schema(actions: list[Action]) -> dict[str, Any]:
-    """The JSON Schema every model answer must match when ``actions`` are offered."""
-    calls = [{"type": "object",
-              "properties": {"action": {"const": a.name}, "args": a.schema},
-              "required": ["action", "args"], "additionalProperties": False} for a in actions]
-    plain = {"type": "object", "properties": {"answer": {"type": "string"}},
-             "required": ["answer"], "additionalProperties": False}
-    return {"anyOf": [*calls, plain]}
-
-
 class Registry:
     """The declared actions of this edgebotd."""
 
