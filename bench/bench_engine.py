@@ -293,8 +293,8 @@ def cmd_memory(args: argparse.Namespace) -> None:
         before, after, sess = asyncio.run(_memory(d.sock, 8, 2))
     finally:
         d.stop()
-    print(f"\nedgebotd RSS: {before:.0f} MiB after loading, {after:.0f} MiB with {len(sess)} live sessions "
-          f"({after - before:+.0f} MiB); sessions: {sess}")
+    print(f"\nedgebotd RSS: {before:.0f} MiB after loading, {after:.0f} MiB with {len(sess)} live sessions of "
+          f"{', '.join(str(s['turns']) for s in sess)} turns ({after - before:+.0f} MiB)")
 
 
 def main() -> int:
