@@ -1,18 +1,21 @@
 """The interface every inference backend implements (llama.cpp, a remote OpenAI-compatible server).
 
 The scheduler owns queueing, sessions, the think splitter and stats; a backend only turns a
-conversation into tokens and streams text pieces for it. All methods except ``load`` and
-``info`` are called from the single engine worker thread.
+conversation into tokens and streams text pieces for it. All methods except ``load``, ``info`` and
+``check_grammar`` are called from the single engine worker thread.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
+from edgebot.config.schema import default
 from edgebot.engine.prompt import Turn
+from edgebot.engine.schema_limits import check_schema
 
 StopReason = Literal["stop", "length", "cancelled", "error"]
 
@@ -32,10 +35,10 @@ class SamplingParams:
     (what follows the thinking) to a document valid against it: a grammar for llama.cpp, the
     ``response_format`` for a remote server."""
 
-    temperature: float = 0.6
-    top_p: float = 0.95
-    top_k: int = 40
-    seed: int = -1
+    temperature: float = default("llm.temperature")
+    top_p: float = default("llm.top_p")
+    top_k: int = default("llm.top_k")
+    seed: int = default("llm.seed")
     json_schema: Optional[str] = None
 
 
@@ -82,6 +85,9 @@ class BackendInfo:
 class Backend(ABC):
     """A loaded model that can render, count and generate."""
 
+    load_progress: Optional[float] = None
+    """Percent (0-100) of the model loaded, while ``load`` runs, for backends that can tell; else None."""
+
     @abstractmethod
     def load(self) -> None:
         """Load the model; raise ModelError with an actionable message on failure."""
@@ -108,6 +114,14 @@ class Backend(ABC):
     @abstractmethod
     def prefill(self, prompt: PreparedPrompt, stop: Callable[[], bool]) -> int:
         """Bring the cache to ``prompt`` (batch by batch, giving up when ``stop()``); returns tokens evaluated."""
+
+    def check_grammar(self, json_schema: str) -> None:
+        """Raise ValueError unless an answer can be constrained by ``json_schema`` (JSON text).
+
+        Safe to call from any thread (the HTTP layer calls it from a worker before queueing a job).
+        Here: the bounds of :mod:`edgebot.engine.schema_limits` (a SchemaLimitError is a ValueError);
+        a backend that builds grammars adds its own checks."""
+        check_schema(json.loads(json_schema))
 
     def close(self) -> None:
         """Free the model."""

@@ -23,11 +23,13 @@ from typing import Any, Optional, Sequence
 import edgebot
 from edgebot.bridges.serial import protocol as sp
 from edgebot.bridges.serial.actions import ActionCaller, Call, Done
+from edgebot.bridges.serial.flood import FloodGate
 from edgebot.bridges.serial.pacing import AnswerSender
 from edgebot.bridges.serial.port import PortUnavailable, SerialLink, open_serial
 from edgebot.bridges.supervisor import Bridge, BusLink, base_parser, bridge_main
 from edgebot.bus import messages as m
 from edgebot.config import Config, ConfigError
+from edgebot.config.schema import default
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +43,16 @@ class PortSettings:
     """One ``[[serial]]`` entry (units as in the schema: seconds, bytes, tokens)."""
 
     port: str
-    baud: int = 115200
-    checksum: str = "required"
-    window: int = 1
-    chunk_bytes: int = 48
-    flush_s: float = 0.05
-    timeout_s: float = 1.0
-    hello_timeout_s: float = 3.0
-    ascii: bool = False
-    session: str = ""
-    think_budget: int = -1
+    baud: int = default("serial.baud")
+    checksum: str = default("serial.checksum")
+    window: int = default("serial.window")
+    chunk_bytes: int = default("serial.chunk_bytes")
+    flush_s: float = default("serial.flush_s")
+    timeout_s: float = default("serial.timeout_s")
+    hello_timeout_s: float = default("serial.hello_timeout_s")
+    ascii: bool = default("serial.ascii")
+    session: str = default("serial.session")
+    think_budget: int = default("serial.think_budget")
 
     @classmethod
     def from_entry(cls, entry: dict[str, Any]) -> "PortSettings":
@@ -93,7 +95,7 @@ class SerialBridge(Bridge):
     """The serial port <-> the bus."""
 
     client_name = "edgebot-serial"
-    role = "bridge"
+    role = "serial"  # the role that is sent action-run and may answer action-result (edgebot.policy)
     subscriptions = ("action-run",)
 
     def __init__(self, settings: PortSettings) -> None:
@@ -112,6 +114,7 @@ class SerialBridge(Bridge):
         self.says: deque[tuple[str, int]] = deque(maxlen=64)
         self._ids = itertools.count(1)
         self.caller = ActionCaller(settings.timeout_s)
+        self.gate = FloodGate(settings.port)  # per-port rate limits on what the board makes us send
         self._inbox: deque[bytes] = deque()
         self._lost: Optional[str] = None
         self._wake = asyncio.Event()
@@ -200,7 +203,9 @@ class SerialBridge(Bridge):
             self.port.write(line, droppable)
 
     def _err(self, ident: int, code: str, text: str = "") -> None:
-        log.info("%s: ERR %d %s %s", self.s.port, ident, code, text)
+        if not self.gate.allow("reply"):
+            return
+        log.debug("%s: ERR %d %s %s", self.s.port, ident, code, text)
         self._write(sp.format_error(ident, code, text, self.rx or sp.DEFAULT_RX_BYTES), droppable=True)
 
     async def _greet(self, why: str) -> None:
@@ -216,6 +221,8 @@ class SerialBridge(Bridge):
                 log.debug("%s: before HELLO, ignored %s: %s", self.s.port, ev.code, ev.detail)
             return
         if isinstance(ev, sp.McuHello):
+            if not self.gate.allow("hello"):
+                return
             if self.active is not None or self.caller.busy:  # the board restarted and forgot its question
                 await self._port_gone()
             self.firmware, self.rx = ev.firmware, ev.rx
@@ -226,7 +233,8 @@ class SerialBridge(Bridge):
         if not self.greeted:  # the board did not reset on open: it is talking, so it is up
             await self._greet("board is talking without HELLO")
         if isinstance(ev, sp.PingMcu):
-            self._write(sp.format_ping(ev.id))
+            if self.gate.allow("ping"):
+                self._write(sp.format_ping(ev.id), droppable=True)
         elif isinstance(ev, sp.Question):
             await self._question(ev)
         elif isinstance(ev, sp.ChunkAck):
@@ -250,6 +258,9 @@ class SerialBridge(Bridge):
             if q.bus_open and not await self._bus_cancel(q):
                 q.sender.end("cancelled")
         elif isinstance(ev, sp.SayText):
+            if not self.gate.allow("say"):
+                self._err(ev.id, "busy", "too many S lines; slow down")
+                return
             bus_id = f"{self.source}:say:{ev.id}:{os.getpid()}.{next(self._ids)}"
             if self.link is None or not await self.link.send(m.Say(text=ev.text, id=bus_id)):
                 self._err(ev.id, "busy", "edgebotd is not reachable")
@@ -384,7 +395,9 @@ class SerialBridge(Bridge):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = base_parser("edgebot-serial", "Serve one microcontroller port with the edgebot line protocol v1 "
-                                           "(docs/serial-protocol.md).")
+                                           "(docs/serial-protocol.md).",
+                         examples="  edgebot-serial --port /dev/ttyUSB0\n"
+                                  "  edgebot-serial --port /dev/serial/by-id/usb-Arduino... --baud 9600")
     parser.add_argument("--port", help="serial device, e.g. /dev/serial/by-id/usb-... or ttyUSB0 "
                                        "(default: the one [[serial]] entry)")
     parser.add_argument("--baud", type=int, help="line speed in bits/s (default: the entry's baud, 115200)")
