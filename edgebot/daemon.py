@@ -12,6 +12,7 @@ from typing import Any, Optional, Sequence
 import edgebot
 from edgebot import systemd
 from edgebot.bus.hub import Hub, Limits
+from edgebot.bus.tap import BusTap
 from edgebot.config import Config, ConfigError, load_config
 from edgebot.dispatch import Dispatcher
 from edgebot.engine.backend import Backend, SamplingParams
@@ -93,7 +94,7 @@ async def serve(config: Config) -> int:
         return EX_CONFIG
     http_api = None
     if config.get("http", "enabled"):  # aiohttp is imported only then (the `http` extra)
-        http_api = await _start_http(config, engine)
+        http_api = await _start_http(config, engine, BusTap(hub))
         if http_api is None:
             await hub.close()
             return EX_CONFIG
@@ -130,7 +131,7 @@ async def serve(config: Config) -> int:
     return code
 
 
-async def _start_http(config: Config, engine: Engine) -> Optional[Any]:
+async def _start_http(config: Config, engine: Engine, tap: BusTap) -> Optional[Any]:
     """Start the HTTP API (``[http] enabled``); None after logging why it cannot run."""
     try:
         from edgebot.http.server import HttpApi, config_problem
@@ -141,7 +142,7 @@ async def _start_http(config: Config, engine: Engine) -> Optional[Any]:
     if problem:
         log.error("configuration error: %s", problem)
         return None
-    api = HttpApi(config, engine)
+    api = HttpApi(config, engine, tap)
     try:
         await api.start()
     except OSError as exc:

