@@ -171,9 +171,12 @@
     return e;
   }
 
+  // Follow the answer down while the reader is at the bottom; stop following once they scroll up.
+  let stick = true;
   function scrollDown(force) {
-    const log = $("main");
-    if (force || log.scrollHeight - log.scrollTop - log.clientHeight < 120) log.scrollTop = log.scrollHeight;
+    const main = $("main");
+    if (force) stick = true;
+    if (stick) main.scrollTop = main.scrollHeight;
   }
 
   function addExchange(question) {
@@ -233,6 +236,7 @@
         dirty = true;
         paint();
         box.dataset.reason = ex.reason || "";
+        box.dataset.raw = md;
         foot.replaceChildren();
         if (ex.reason === "cancelled") foot.append(el("span", "reason", t("cancelled")));
         if (ex.reason === "length") foot.append(el("span", "reason", t("length")));
@@ -373,6 +377,10 @@
       }
     });
     $("input").addEventListener("input", growInput);
+    $("main").addEventListener("scroll", () => {
+      const main = $("main");
+      stick = main.scrollHeight - main.scrollTop - main.clientHeight < 40;
+    }, { passive: true });
     $("stop").addEventListener("click", stop);
     $("new").addEventListener("click", newChat);
     $("menu").addEventListener("click", () => {
