@@ -65,3 +65,11 @@ def test_cli_imports_nothing_heavy_at_start() -> None:
     ours = {n for n in names if under(n, "edgebot")}
     assert all(under(n, "edgebot.bus") for n in ours), ours
     assert not {n for n in names if under(n, "numpy", "jinja2", "llama_cpp", "vosk", "piper", "sounddevice")}
+
+
+def test_http_never_imports_the_bus_and_aiohttp_stays_in_two_modules() -> None:
+    for path in (PKG / "http").rglob("*.py"):
+        names = imports(path)
+        assert not {n for n in names if under(n, "edgebot.bus", "edgebot.dispatch", "edgebot.bridges")}, path.name
+        if path.name not in ("server.py", "panel.py"):
+            assert not {n for n in names if under(n, "aiohttp")}, f"{path.name} imports aiohttp"

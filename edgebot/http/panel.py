@@ -108,7 +108,7 @@ class Panel:
         self.store = ConversationStore(directory, http["max_conversations"])
         self.max_chars = http["max_prompt_chars"]
         self.static = StaticFiles(STATIC)
-        self.voice = VoiceState()
+        self.voice = VoiceState(config.get("speech_in", "listen_window_s"))
         self.running: dict[str, Job] = {}  # ask id -> its job, while it runs
         self._unwatch = tap.watch(WATCHED, self.voice.on_message) if tap is not None else None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Optional
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,9 @@ class VoiceState:
     """``state``: idle, listening, hearing, thinking or speaking; ``heard``: the last words heard;
     ``microphone``/``speaker``: ready, missing or unknown (no bridge has reported yet)."""
 
-    def __init__(self) -> None:
+    def __init__(self, listen_window_s: float = 8.0) -> None:
+        self.listen_window_s = listen_window_s  # how long push-to-talk listens (seconds), as speech-in does
+        self._listen_timer: Optional[asyncio.TimerHandle] = None
         self.state = "idle"
         self.heard = ""
         self.microphone = "unknown"
@@ -47,6 +49,7 @@ class VoiceState:
             self._set("listening" if data.get("final") else "hearing")
         elif type_name == "listen":
             self._set("listening")
+            self._listen_ends(float(data.get("window_s") or self.listen_window_s))
         elif type_name == "answer-start" and data.get("source", "").split(":")[0] == "voice":
             self.voice_ask = str(data.get("id", ""))
             self._set("thinking")
@@ -63,6 +66,18 @@ class VoiceState:
                 self.speaker = str(data.get("state", "unknown"))
         if self.snapshot() != before:
             self._broadcast()
+
+    def _listen_ends(self, window_s: float) -> None:
+        """Back to idle when push-to-talk's window passes with nothing heard."""
+        if self._listen_timer is not None:
+            self._listen_timer.cancel()
+
+        def end() -> None:
+            if self.state == "listening":
+                self._set("idle")
+                self._broadcast()
+
+        self._listen_timer = asyncio.get_running_loop().call_later(window_s, end)
 
     def _broadcast(self) -> None:
         snap = self.snapshot()
