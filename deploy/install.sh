@@ -32,13 +32,13 @@ MEMINFO=${EDGEBOT_MEMINFO:-/proc/meminfo}
 ARCH=${EDGEBOT_ARCH:-$(uname -m)}
 RKNPU_FILES=${EDGEBOT_RKNPU_FILES:-/sys/kernel/debug/rknpu/version /sys/module/rknpu/version}
 
-DRY_RUN=0 VOICE=1 MODELS=1 REBUILD=0 ROOT="" LANGUAGE=en BOARD="" NPU=0 NPU_RUNTIME=""
+DRY_RUN=0 VOICE=1 MODELS=1 REBUILD=0 ROOT="" LANGUAGE=en BOARD="" NPU=0 NPU_RUNTIME="" PANEL=0
 CHANGED=0
 
 usage() {
     cat <<EOF
 usage: deploy/install.sh BOARD [--dry-run] [--no-voice] [--no-models] [--lang en|zh] [--rebuild] [--root DIR]
-                         [--npu [--npu-runtime FILE]]
+                         [--npu [--npu-runtime FILE]] [--panel]
   BOARD        one of: $(boards | tr '\n' ' ')
   --dry-run    print every step without doing it
   --no-voice   skip the speech bridges (no microphone/speaker)
@@ -46,6 +46,7 @@ usage: deploy/install.sh BOARD [--dry-run] [--no-voice] [--no-models] [--lang en
   --lang       voice models for English (en, default) or Mandarin (zh)
   --rebuild    rebuild llama-cpp-python even if it was built with the same flags
   --root DIR   install the files (units, config, users, rules) under DIR; skips apt, venv, models, systemctl
+  --panel      the classroom panel on the board's display: Chromium in kiosk mode (deploy/panel.sh)
   --npu        rk3588 only: run the model on the NPU (profile rk3588-npu): checks the NPU driver
                (>= $MIN_NPU_DRIVER) and installs RKLLM runtime $RKLLM_VERSION in /usr/local/lib
   --npu-runtime FILE  install this librkllmrt.so instead of downloading it (it must be the same $RKLLM_VERSION build)
@@ -120,6 +121,7 @@ parse_args() {
             --lang) shift; LANGUAGE=${1:-} ;;
             --root) shift; ROOT=${1:-}; [ -n "$ROOT" ] || { usage >&2; exit 2; } ;;
             --npu) NPU=1 ;;
+            --panel) PANEL=1 ;;
             --npu-runtime) shift; NPU_RUNTIME=${1:-}; [ -n "$NPU_RUNTIME" ] || { usage >&2; exit 2; } ;;
             -h|--help) usage; exit 0 ;;
             -*) echo "install.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
@@ -480,6 +482,7 @@ main() {
     units_and_rules
     models
     enable_units
+    if [ "$PANEL" = 1 ]; then "$REPO/deploy/panel.sh" --lang "$LANGUAGE" ${ROOT:+--root "$ROOT"} --dry-run="$DRY_RUN"; fi
     if [ "$CHANGED" = 0 ]; then
         echo "install.sh: nothing to do: edgebot for $BOARD is already installed as asked (no changes)"
     elif [ "$DRY_RUN" = 1 ]; then

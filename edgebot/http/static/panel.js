@@ -357,6 +357,12 @@
   }
 
   function wire() {
+    // The board's own kiosk is started with the token in the #fragment (deploy/panel.sh): keep it, hide it.
+    const fragment = new URLSearchParams(location.hash.slice(1));
+    if (fragment.get("token")) {
+      localStorage.setItem(TOKEN_KEY, fragment.get("token"));
+      history.replaceState(null, "", location.pathname + location.search);
+    }
     const params = new URLSearchParams(location.search);
     if (params.get("kiosk") === "1") document.body.classList.add("kiosk");
     apply(document);
