@@ -20,8 +20,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from browser_harness import Browser, missing
 from conftest import REPO, Daemon
+from edgebot.testing.browser import Browser, missing
 from edgebot.testing.script_model import DEFAULT_SCRIPT, Script, write_script_model
 
 pytest.importorskip("aiohttp")

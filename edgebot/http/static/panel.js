@@ -196,11 +196,12 @@
     $("log").append(box);
     scrollDown(true);
 
-    let md = "", thought = "", thinkStart = 0, timer = 0, dirty = false;
+    let md = "", thought = "", thinkStart = 0, timer = 0, dirty = false, painted = false;
     const paint = () => {
       if (!dirty) return;
       dirty = false;
       render(md, body);
+      if (md && !painted) { painted = true; performance.mark("edgebot-first-paint"); }
       scrollDown(false);
     };
     const stopTimer = () => { if (timer) { clearInterval(timer); state.timers.delete(timer); timer = 0; } };
@@ -272,6 +273,7 @@
     if (state.busy || !text.trim()) return;
     setBusy(true);
     performance.clearMarks("edgebot-first-char");
+    performance.clearMarks("edgebot-first-paint");
     performance.mark("edgebot-ask");
     const view = addExchange(text);
     let ended = null;
