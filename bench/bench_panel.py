@@ -7,8 +7,10 @@ streamed character against the same question through edgebot-cli, on one edgebot
    conversations listed, the input enabled), cold (cache disabled) and warm; median of N loads.
 3. Enter -> first character: the page's ``edgebot-ask`` mark (set as Enter submits) -> the
    ``edgebot-first-char`` mark (the first answer delta arrived) and ``edgebot-first-paint`` (it is
-   in the DOM); the CLI: ``edgebot-cli ask`` started -> its first answer byte on stdout (its
-   start-up included, as a person typing the command pays it). Runs alternate; each is a new
+   in the DOM); the CLI: ``edgebot-cli ask --json`` started -> its first ``answer-delta`` line (its
+   start-up included, as a person typing the command pays it). Each side also minus the engine's
+   own ``answer_ms`` for that ask (submit -> first answer character inside edgebotd): what the
+   front door itself costs. Runs alternate; each is a new
    conversation / a one-off question, so neither reuses more KV cache than the other.
 
     .venv/bin/python bench/bench_panel.py [--runs 10] [--loads 10] [--model PATH]
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,8 +43,6 @@ def free_port() -> int:
 
 
 def start(model: Path) -> tuple[subprocess.Popen, str, dict[str, str]]:
-    import urllib.request
-
     tmp = Path(tempfile.mkdtemp(prefix="bench-panel-"))
     port = free_port()
     (tmp / "e.toml").write_text(f'[llm]\nn_threads = 1\n[http]\nenabled = true\nport = {port}\n'
@@ -68,18 +69,24 @@ def static_weight() -> tuple[int, int]:
     return sum(len(gzip.compress(p.read_bytes(), 9)) for p in files), sum(p.stat().st_size for p in files)
 
 
-def cli_first_byte(env: dict[str, str], question: str) -> float:
-    """ms from starting edgebot-cli ask to its first answer byte on stdout."""
+def cli_first_char(env: dict[str, str], question: str) -> tuple[float, float]:
+    """(ms from starting ``edgebot-cli ask --json`` to its first answer-delta line, the engine's
+    ``answer_ms`` for that ask: submit -> first answer character inside edgebotd)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([str(BIN / "edgebot-cli"), "ask", question], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([str(BIN / "edgebot-cli"), "ask", "--json", question], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
-    first = proc.stdout.read(1)
-    t1 = time.perf_counter()
-    proc.stdout.read()
+    first = None
+    answer_ms = None
+    for line in proc.stdout:
+        ev = json.loads(line)
+        if ev["type"] == "answer-delta" and first is None:
+            first = time.perf_counter()
+        elif ev["type"] == "answer-end":
+            answer_ms = ev["data"]["stats"]["answer_ms"]
     proc.wait(60)
-    assert first, "edgebot-cli printed nothing"
-    return (t1 - t0) * 1000
+    assert first is not None and answer_ms is not None, "edgebot-cli gave no answer"
+    return (first - t0) * 1000, answer_ms
 
 
 def main() -> int:
@@ -113,10 +120,12 @@ def main() -> int:
                      ".map(r => r.encodedBodySize)]")
         b.driver.execute_cdp_cmd("Network.setCacheDisabled", {"cacheDisabled": False})
         page_gz = sum(sizes)
-        panel_ms, paint_ms, cli_ms = [], [], []
+        panel_ms, paint_ms, cli_ms, panel_engine, cli_engine = [], [], [], [], []
         for i in range(args.runs):
             question = f"Question {i}: what is two plus two?"
-            cli_ms.append(cli_first_byte(env, question))
+            cli, engine = cli_first_char(env, question)
+            cli_ms.append(cli)
+            cli_engine.append(engine)
             b.driver.find_element("id", "new").click()
             before = int(b.js("return Number(document.body.dataset.answers || 0)"))
             b.driver.find_element("id", "input").send_keys(question + "\n")
@@ -125,6 +134,10 @@ def main() -> int:
                                      ".map(n => performance.getEntriesByName(n).at(-1).startTime)")
             panel_ms.append(first - ask)
             paint_ms.append(paint - ask)
+            with urllib.request.urlopen(base + "/panel/api/conversations", timeout=10) as r:
+                newest = json.loads(r.read())["conversations"][0]["id"]
+            with urllib.request.urlopen(f"{base}/panel/api/conversations/{newest}", timeout=10) as r:
+                panel_engine.append(json.loads(r.read())["exchanges"][-1]["stats"]["answer_ms"])
         fonts = b.js("return performance.getEntriesByType('resource').filter(r => r.name.endsWith('.woff2'))"
                      ".map(r => r.encodedBodySize)")
     finally:
@@ -146,9 +159,15 @@ def main() -> int:
     print(f"| load to interactive, warm cache (median of {len(warm)}) | {med(warm):.0f} ms |")
     print(f"| Enter -> first answer character arrives in the page (median of {len(panel_ms)}) | {med(panel_ms):.1f} ms |")
     print(f"| Enter -> first answer character painted into the page | {med(paint_ms):.1f} ms |")
-    print(f"| edgebot-cli ask -> first answer byte on stdout (median of {len(cli_ms)}) | {med(cli_ms):.1f} ms |")
+    print(f"| edgebot-cli ask -> first answer line on stdout, its start-up included (median of {len(cli_ms)}) | "
+          f"{med(cli_ms):.1f} ms |")
     print(f"| panel - CLI (first character) | **{med(panel_ms) - med(cli_ms):+.1f} ms** |")
-    print("\nraw:", json.dumps({"cold": cold, "warm": warm, "panel": panel_ms, "paint": paint_ms, "cli": cli_ms}))
+    over_p = [p - e for p, e in zip(panel_ms, panel_engine)]
+    over_c = [c - e for c, e in zip(cli_ms, cli_engine)]
+    print(f"| beyond the engine's own submit -> first answer character: panel / CLI | {med(over_p):.1f} ms / "
+          f"{med(over_c):.1f} ms |")
+    print("\nraw:", json.dumps({"cold": cold, "warm": warm, "panel": panel_ms, "paint": paint_ms, "cli": cli_ms,
+                               "panel_engine_answer_ms": panel_engine, "cli_engine_answer_ms": cli_engine}))
     return 0
 
 
