@@ -203,9 +203,9 @@ class Panel:
         llm, priorities = self.config.section("llm"), self.config.get("engine", "priorities")
         budgets = llm["think_budget"]
         turns = conv.turns()
-        live = {s["name"]: s["turns"] for s in self.engine.status()["sessions"]}
-        # The engine keeps the session's turns while it is live; after an expiry or a restart the
-        # stored conversation is handed over as the history instead.
+        live = {s["name"]: s["turns"] + s.get("trimmed_turns", 0) for s in self.engine.status()["sessions"]}
+        # The engine keeps the session's turns (trimming the oldest to fit the context) while it is
+        # live; after an expiry or a restart the stored conversation is handed over as the history.
         history = None if live.get(conv.session, 0) == len(turns) else turns
         return Job(id=f"panel-{secrets.token_hex(8)}", text=text, source="http:panel", sink=sink,
                    session=conv.session, show_think=True, max_tokens=min(llm["max_tokens"], llm["n_ctx"]),
@@ -246,7 +246,8 @@ class Panel:
             if not ended:  # the page went away (or a write failed): free the engine
                 self.engine.cancel(job.id)
                 log.info("panel page left; cancelled %s", job.id)
-        self.store.add(conv, exchange)
+        if self.store.get(conv.id) is conv:  # not deleted meanwhile
+            self.store.add(conv, exchange)
         await resp.write_eof()
         return resp
 
