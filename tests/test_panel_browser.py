@@ -172,6 +172,29 @@ def test_conversations_are_kept_reopened_and_deleted(browser: Browser, rich: tup
     assert browser.js("return document.querySelectorAll('#log .exchange').length") == 0
 
 
+def test_voice_line_push_to_talk_and_say_aloud(browser: Browser, rich: tuple[Daemon, str]) -> None:
+    d, base = rich
+    bridges = d.connect()  # where speech-in and speech-out would be: a real bus client
+    bridges.send("subscribe", types=["listen", "say"])
+    bridges.expect("ack")
+    ready(browser, base + "/")
+    browser.driver.find_element("id", "new").click()
+    ask(browser, "Read it to the class.")
+    browser.driver.find_element("css selector", "#log .exchange:last-child .say").click()
+    assert bridges.expect("say", timeout=10)["data"]["text"] == RICH.answer_text
+    browser.driver.find_element("id", "talk").click()
+    assert bridges.expect("listen", timeout=10)["data"] == {}
+    browser.wait(lambda: browser.js("return document.getElementById('voice').dataset.state") == "listening", 10,
+                 "the voice line to say listening")
+    bridges.send("audio-device", bridge="speech-in", state="ready", device="test")
+    bridges.send("heard", text="what is two plus two", final=False)
+    browser.wait(lambda: browser.js("return document.getElementById('voice').dataset.state") == "hearing", 10,
+                 "the voice line to show what is heard")
+    assert browser.js("return document.getElementById('voice-label').innerText") == "hearing"
+    assert browser.js("return document.getElementById('voice-heard').innerText") == "“what is two plus two”"
+    bridges.close()
+
+
 def test_kiosk_fits_800x480(browser: Browser, rich: tuple[Daemon, str]) -> None:
     d, base = rich
     browser.viewport(800, 480)
