@@ -390,6 +390,8 @@
       stick = main.scrollHeight - main.scrollTop - main.clientHeight < 40;
     }, { passive: true });
     $("stop").addEventListener("click", stop);
+    document.addEventListener("keydown", (e) => { if (e.key === "Escape" && state.busy) stop(); });
+    $("main").addEventListener("click", closeSide);  // a tap beside the list closes it (kiosk, phones)
     $("new").addEventListener("click", newChat);
     $("menu").addEventListener("click", () => {
       const open = document.body.classList.toggle("side-open");
