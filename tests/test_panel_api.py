@@ -212,3 +212,27 @@ def test_ui_off_serves_no_page(tmp_path: Path, script_model: Path) -> None:
         assert h.request("GET", "/v1/models")[0] == 200
     finally:
         d.stop()
+
+
+def test_a_page_that_leaves_cancels_its_answer(tmp_path: Path, slow_loop_model: Path) -> None:
+    d, h = board(tmp_path, slow_loop_model, "[llm]\nn_ctx = 4096\nmax_tokens = 4000\n")
+    try:
+        _, conv = h.json("POST", "/panel/api/conversations")
+        sock = socket.create_connection(("127.0.0.1", h.port), timeout=30)
+        body = json.dumps({"text": "Count forever."}).encode()
+        sock.sendall(f"POST /panel/api/conversations/{conv['id']}/ask HTTP/1.1\r\nHost: x\r\n"
+                     f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        seen = b""
+        while b'"type": "delta"' not in seen:  # the endless answer is streaming
+            chunk = sock.recv(65536)
+            assert chunk, seen
+            seen += chunk
+        sock.close()  # the tablet went away
+        bus = d.connect()
+        assert bus.wait_idle(10)["queue"]["running"] is None  # the engine stopped, no Stop needed
+        bus.close()
+        # the cancelled exchange is not kept (nobody saw its end)
+        assert h.json("GET", f"/panel/api/conversations/{conv['id']}")[1]["exchanges"] == []
+    finally:
+        d.stop()
