@@ -313,3 +313,29 @@ def test_stop_cancels_on_the_board(browser: Browser, guarded: tuple[Daemon, str]
     assert bus.wait_idle(10)["queue"]["running"] is None  # the board stopped generating (an endless answer)
     bus.close()
     assert browser.js("return document.getElementById('send').hidden") is False
+
+
+def test_thinking_line_counts_while_thinking_and_stays_closed(browser: Browser,
+                                                              tmp_path_factory: pytest.TempPathFactory) -> None:
+    tmp = tmp_path_factory.mktemp("panel-think")
+    # no closing tag and a looping tail: the model thinks until Stop (or max_tokens)
+    endless = Script(think=("Hmm,", " let me", " think."), close=(), answer=(" More", " thoughts."), loop=True)
+    model = write_script_model(tmp / "thinker.gguf", endless, n_embd=512, n_layers=4, n_ff=2048)
+    d, base = start(tmp, model, "[llm]\nn_ctx = 4096\nmax_tokens = 4000\nthink_budget = { http = 4000 }\n")
+    try:
+        ready(browser, base + "/")
+        before = int(browser.js("return Number(document.body.dataset.answers || 0)"))
+        browser.driver.find_element("id", "input").send_keys("Think hard.\n")
+        summary = "document.querySelector('#log .exchange:last-child summary')"
+        text = browser.wait(lambda: browser.js(f"const s = {summary}; return s && /\\(([1-9]\\d*) s\\)/.test(s.innerText) "
+                                               "&& s.innerText"), 30, "the thinking line to count a second")
+        assert re.fullmatch(r"thinking… \(\d+ s\)", text), text
+        assert browser.js("return document.querySelector('#log .exchange:last-child details').open") is False
+        assert browser.js("return document.querySelector('#log .exchange:last-child .markdown').innerText") == ""
+        browser.driver.find_element("id", "stop").click()
+        browser.wait(lambda: int(browser.js("return Number(document.body.dataset.answers || 0)")) > before, 30,
+                     "the answer to end")
+        assert re.fullmatch(r"thought for \d+ s", browser.js(f"return {summary}.innerText"))
+        assert browser.js("return document.querySelector('#log .exchange:last-child').dataset.reason") == "cancelled"
+    finally:
+        d.stop()
