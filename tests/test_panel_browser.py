@@ -20,15 +20,15 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import REPO, Daemon
+from conftest import APT_LINE, REPO, Daemon
 from edgebot.testing.browser import Browser, missing
 from edgebot.testing.script_model import DEFAULT_SCRIPT, Script, write_script_model
 
 pytest.importorskip("aiohttp")
 if missing():
     if os.environ.get("CI") == "true":
-        raise RuntimeError(f"the panel browser tests need a browser under CI: {missing()}")
-    pytest.skip(missing() or "", allow_module_level=True)
+        raise RuntimeError(f"the panel browser tests need a browser under CI: {missing()}; {APT_LINE}")
+    pytest.skip(f"{missing()}; {APT_LINE}", allow_module_level=True)
 
 TOKEN = "panel-test-token"
 DOCS = REPO / "docs"

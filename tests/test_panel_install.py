@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import APT_LINE
 from test_install import fake_system, install
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ def board_root(tmp: Path, port: int = 8080, token: str = TOKEN) -> Path:
     return root
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing: apt-get install systemd")
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason=f"systemd-analyze missing: {APT_LINE}")
 def test_kiosk_unit_verifies(tmp_path: Path) -> None:
     text = UNIT.read_text()
     for line in ("User=edgebot-panel", "PAMName=login", "TTYPath=/dev/tty1", "Conflicts=getty@tty1.service",
