@@ -526,7 +526,8 @@ network_dropin() {
         fi
     )  # not a pipe: write_file must run in this shell to record the change
     note "network for edgebotd: $need only (IPAddressDeny=any stays for everything else)"
-    if [ "$HTTP" = 1 ] && [ "$(toml_get "$ROOT/etc/edgebot/edgebot.toml" http enabled)" != true ]; then
+    if [ "$HTTP" = 1 ] && [ -f "$ROOT/etc/edgebot/edgebot.toml" ] \
+        && [ "$(toml_get "$ROOT/etc/edgebot/edgebot.toml" http enabled)" != true ]; then
         note "--http: $ROOT/etc/edgebot/edgebot.toml was kept as it is; add [http] enabled = true there to serve it"
     fi
 }
