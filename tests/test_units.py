@@ -69,7 +69,7 @@ def test_unit_verifies(tmp_path: Path, unit: str) -> None:
 def test_every_unit_file_is_tested() -> None:
     assert sorted(p.name for p in UNITS.iterdir()) == sorted(
         ["edgebot.socket", "edgebot.service", "edgebot-speech-in.service", "edgebot-speech-out.service",
-         "edgebot-serial@.service"])
+         "edgebot-serial@.service", "edgebot-panel.service"])  # the panel's: tests/test_panel_install.py
 
 
 def exposure(tmp: Path, unit: Path) -> tuple[float, str]:

