@@ -54,7 +54,7 @@ def test_1500_say_lines_during_an_answer_keep_the_bridge_on_the_bus(tmp_path: Pa
         acked = {int(ln.split()[2]) for ln in replies if ln.startswith(b"A 1 ")}
         for seq in sorted(acked):
             board.send(f"K 1 {seq}")
-        board.expect("A 1 ", 15)  # the answer is still streaming: the bridge is still on the bus
+        board.expect("A 1 ", 30)  # the answer is still streaming: the bridge is still on the bus
         board.send("X 1")
         assert board.expect("E 1", 15) == "E 1 cancelled"
         logged = log_lines(rig, mark)
