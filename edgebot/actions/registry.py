@@ -51,6 +51,18 @@ class Action:
                 "phrases": sorted(self.phrases)}
 
 
+def answer_schema(actions: list[Action]) -> dict[str, Any]:
+    """The JSON Schema every model answer must match when ``actions`` are offered (the contract is
+    described in ``edgebot.actions.tools``; it lives here so that the registry can hold it to the
+    schema bounds when it is built)."""
+    calls = [{"type": "object",
+              "properties": {"action": {"const": a.name}, "args": a.schema},
+              "required": ["action", "args"], "additionalProperties": False} for a in actions]
+    plain = {"type": "object", "properties": {"answer": {"type": "string"}},
+             "required": ["answer"], "additionalProperties": False}
+    return {"anyOf": [*calls, plain]}
+
+
 class CallError(Exception):
     """A call that must not be made: undeclared, bad arguments. The message is said to the user."""
 
@@ -150,8 +162,6 @@ class Registry:
                     raise ConfigError(f"[[actions]] {a.name}: parameters are not a valid JSON Schema: "
                                       f"{exc.message}") from None
                 self._validators[a.name] = jsonschema.Draft202012Validator(a.schema)
-            from edgebot.actions.tools import answer_schema  # tools imports this module
-
             try:
                 check_schema(answer_schema(actions))
             except SchemaLimitError as exc:

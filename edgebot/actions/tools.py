@@ -17,17 +17,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from edgebot.actions.registry import Action
+from edgebot.actions.registry import Action, answer_schema
 
-
-def answer_schema(actions: list[Action]) -> dict[str, Any]:
-    """The JSON Schema every model answer must match when ``actions`` are offered."""
-    calls = [{"type": "object",
-              "properties": {"action": {"const": a.name}, "args": a.schema},
-              "required": ["action", "args"], "additionalProperties": False} for a in actions]
-    plain = {"type": "object", "properties": {"answer": {"type": "string"}},
-             "required": ["answer"], "additionalProperties": False}
-    return {"anyOf": [*calls, plain]}
+__all__ = ["AnswerStream", "Call", "Plain", "answer_schema", "offer_text", "read_answer"]  # answer_schema: from registry
 
 
 def _describe_params(schema: dict[str, Any]) -> str:
