@@ -330,8 +330,8 @@ venv_and_build() {
             --force-reinstall --no-binary llama-cpp-python "llama-cpp-python==$LLAMA_VERSION"
         run_write "$stamp" "$want"
     fi
-    extras=serial,mqtt
-    [ "$VOICE" = 0 ] || extras=serial,mqtt,voice,tts
+    extras=serial,mqtt,wyoming
+    [ "$VOICE" = 0 ] || extras=serial,mqtt,wyoming,voice,tts
     src_hash=$(cd "$REPO" && find edgebot pyproject.toml -type f \( -name '*.py' -o -name pyproject.toml \) \
         | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
     stamp=$PREFIX/venv/.edgebot-source
@@ -384,7 +384,7 @@ units_and_rules() {
     local unit dir=$ROOT/etc/systemd/system mem cpus
     FILES_CHANGED=0
     for unit in edgebot.socket edgebot.service edgebot-serial@.service edgebot-speech-in.service \
-                edgebot-speech-out.service edgebot-mqtt.service; do
+                edgebot-speech-out.service edgebot-mqtt.service edgebot-wyoming.service; do
         install_file "$REPO/systemd/$unit" "$dir/$unit" 0644
     done
     mem=$(toml_get "$PROFILE" service memory_max)

@@ -61,7 +61,7 @@ def test_dry_run_plan_for_every_board(tmp_path: Path, board: str) -> None:
         shown = f"    | {directive}={svc[key]}"
         assert (shown in out) == bool(svc[key]), directive
     for unit in ("edgebot.socket", "edgebot.service", "edgebot-serial@.service", "edgebot-speech-in.service",
-                 "edgebot-speech-out.service", "edgebot-mqtt.service"):
+                 "edgebot-speech-out.service", "edgebot-mqtt.service", "edgebot-wyoming.service"):
         assert f"/etc/systemd/system/{unit}" in out
     assert "/etc/udev/rules.d/70-edgebot-serial.rules" in out
     assert f'    | board = "{board}"' in out  # the generated /etc/edgebot/edgebot.toml

