@@ -97,9 +97,10 @@ class Client:
 class MqttBridgeProc:
     """The real ``edgebot-mqtt`` process against ``broker`` and ``daemon``."""
 
-    def __init__(self, tmp: Path, daemon: Daemon, broker: Mosquitto, keys: str = "") -> None:
+    def __init__(self, tmp: Path, daemon: Daemon, broker: Mosquitto, keys: str = "", prefix: str = PREFIX,
+                 client_id: str = "edgebot-test") -> None:
         cfg = tmp / "mqtt.toml"
-        cfg.write_text(f'[mqtt]\nbroker = "{broker.url}"\nprefix = "{PREFIX}"\nclient_id = "edgebot-test"\n'
+        cfg.write_text(f'[mqtt]\nbroker = "{broker.url}"\nprefix = "{prefix}"\nclient_id = "{client_id}"\n'
                        f"keepalive_s = 5\n{keys}\n")
         self.log_path = tmp / "edgebot-mqtt.log"
         self.log = open(self.log_path, "ab")
@@ -259,6 +260,24 @@ def test_broker_restart_loses_nothing_at_qos1(client: Client, broker: Mosquitto,
     late.close()
 
 
+def test_cancel_ends_a_running_answer(tmp_path: Path, broker: Mosquitto, slow_loop_model: Path,
+                                      daemon_factory: Any) -> None:
+    """An answer that would never end (the looping script model) stops on PREFIX/cancel."""
+    d = daemon_factory(slow_loop_model, "[llm]\nmax_tokens = 100000\n")
+    watch = Client(broker.url, "watch-cancel", ["slow/#"])
+    b = MqttBridgeProc(tmp_path, d, broker, prefix="slow", client_id="edgebot-slow")
+    try:
+        watch.expect(lambda t, p: t == "slow/status" and p == b"online", timeout=20)
+        watch.publish("slow/ask", json.dumps({"id": "long", "text": "Count forever."}))
+        watch.expect(lambda t, p: t == "slow/answer/long" and json.loads(p)["type"] == "delta")
+        watch.publish("slow/cancel", "long")
+        _, payload, _ = watch.expect(lambda t, p: t == "slow/answer/long" and json.loads(p)["type"] == "end")
+        assert json.loads(payload)["reason"] == "cancelled"
+    finally:
+        assert b.stop() == 0
+        watch.close()
+
+
 def test_last_will_when_killed_then_back_online(tmp_path: Path, broker: Mosquitto, robot: Daemon,
                                                 bridge: MqttBridgeProc) -> None:
     """Runs last in the module: it kills the shared bridge."""
@@ -279,3 +298,23 @@ def test_last_will_when_killed_then_back_online(tmp_path: Path, broker: Mosquitt
     finally:
         again.stop()
         watch.close()
+
+
+def test_node_red_flow_is_wired_to_the_bridges_topics() -> None:
+    """examples/node-red/edgebot-flow.json imports as a flow: every wire and broker reference resolves,
+    and its topics are the bridge's (default prefix)."""
+    from edgebot.bridges.mqtt.protocol import Topics
+    from conftest import REPO
+
+    nodes = json.loads((REPO / "examples" / "node-red" / "edgebot-flow.json").read_text())
+    by_id = {n["id"]: n for n in nodes}
+    assert len(by_id) == len(nodes)
+    for n in nodes:
+        for out in n.get("wires", []):
+            assert all(target in by_id for target in out), n["id"]
+        if n["type"] in ("mqtt in", "mqtt out"):
+            assert by_id[n["broker"]]["type"] == "mqtt-broker"
+    t = Topics("edgebot")
+    topics = {n["topic"] for n in nodes if n["type"] in ("mqtt in", "mqtt out")}
+    assert topics == {t.ask, t.answer("+"), t.status, t.error, t.action("led"), t.action("led") + "/result"}
+    assert t.result_action(t.action("led") + "/result") == "led"
