@@ -58,9 +58,10 @@ def _json(status: int, body: Any, headers: Optional[dict[str, str]] = None) -> w
                         headers=headers)
 
 
-def _error_response(err: ApiError) -> web.Response:
+def _error_response(err: ApiError, ollama: bool = False) -> web.Response:
+    """OpenAI's ``{"error": {message, type, param, code}}``, or Ollama's ``{"error": message}`` under /api/."""
     headers = {"Retry-After": "1"} if err.status == 429 else None
-    return _json(err.status, err.body(), headers)
+    return _json(err.status, {"error": err.message} if ollama else err.body(), headers)
 
 
 def _ended_error(ev: JobEnded) -> ApiError:
@@ -74,6 +75,29 @@ def _ended_error(ev: JobEnded) -> ApiError:
     if ev.code == "busy":  # pushed out of a full queue by a higher-priority (voice) question
         return ApiError(429, ev.message or "the engine queue is full", "rate_limit_exceeded", "rate_limit_exceeded")
     return ApiError(500, ev.message or "internal error", "server_error", ev.code or "internal")
+
+
+class JobStream:
+    """The events of one submitted job after its ``JobStarted``, ending with its ``JobEnded``;
+    ``close()`` cancels the job if it has not ended (a client that left)."""
+
+    def __init__(self, engine: Engine, job: Job, events: asyncio.Queue[EngineEvent]) -> None:
+        self.engine, self.job, self._events = engine, job, events
+        self.ended: Optional[JobEnded] = None
+
+    async def next(self) -> EngineEvent:
+        ev = await self._events.get()
+        if isinstance(ev, JobEnded):
+            self.ended = ev
+        return ev
+
+    def pending(self) -> bool:
+        return not self._events.empty()
+
+    def close(self) -> None:
+        if self.ended is None:
+            self.engine.cancel(self.job.id)
+            log.info("HTTP client left; cancelled %s", self.job.id)
 
 
 class HttpApi:
@@ -90,6 +114,7 @@ class HttpApi:
         self.model_id = http["model_name"] or (llm["remote_model"] if llm["backend"] == "remote" and
                                                llm["remote_model"] else Path(llm["model"]).stem)
         self.created = int(time.time())
+        self.tools_supported = False
         self._runner: Optional[web.AppRunner] = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -99,6 +124,9 @@ class HttpApi:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
+        from edgebot.http.ollama import OllamaApi
+
+        OllamaApi(self).register(app)
         return app
 
     async def start(self) -> None:
@@ -132,14 +160,15 @@ class HttpApi:
                                    "invalid_request_error", "invalid_api_key")
             return await handler(request)
         except ApiError as err:
-            return _error_response(err)
+            return _error_response(err, request.path.startswith("/api/"))
         except web.HTTPRequestEntityTooLarge:
-            return _error_response(self._too_large())
+            return _error_response(self._too_large(), request.path.startswith("/api/"))
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             return _error_response(ApiError(exc.status, f"{request.method} {request.path}: {exc.reason}",
-                                            "invalid_request_error", "not_found" if exc.status == 404 else None))
+                                            "invalid_request_error", "not_found" if exc.status == 404 else None),
+                                   request.path.startswith("/api/"))
 
     def _too_large(self) -> ApiError:
         return ApiError(413, f"the request body is larger than {self.max_body} bytes ([http] max_body_bytes)",
@@ -158,15 +187,44 @@ class HttpApi:
         return _json(200, {"object": "list", "data": [{"id": self.model_id, "object": "model",
                                                        "created": self.created, "owned_by": "edgebot"}]})
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
+    async def read_json(self, request: web.Request) -> Any:
+        """The request body as JSON; 413 over ``[http] max_body_bytes``, 400 when it is not JSON."""
         if request.content_length is not None and request.content_length > self.max_body:
             raise self._too_large()
         raw = await request.read()
         try:
-            body = json.loads(raw)
+            return json.loads(raw)
         except ValueError as exc:
             raise bad(f"the body is not valid JSON: {exc}") from None
-        req = parse_chat(body, self.max_prompt_chars, self.config.get("llm", "n_ctx"))
+
+    def ended_error(self, ev: JobEnded) -> ApiError:
+        """An ended job that produced no answer, as the HTTP error to report."""
+        return _ended_error(ev)
+
+    async def open_stream(self, req: ChatRequest, show_think: bool, id_prefix: str) -> JobStream:
+        """Submit ``req`` as a job and wait until it starts; ApiError when it is refused or ends first."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[EngineEvent] = asyncio.Queue()
+        job = self._job(req, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+        job = dataclasses.replace(job, id=f"{id_prefix}-{secrets.token_hex(12)}", show_think=show_think)
+        try:
+            self.engine.submit(job)
+        except EngineBusy as exc:
+            raise ApiError(429, f"the engine queue is full: {exc}", "rate_limit_exceeded", "rate_limit_exceeded")
+        except EngineNotReady as exc:
+            raise ApiError(503, f"not ready: {exc}", "server_error", "model_not_ready")
+        stream = JobStream(self.engine, job, events)
+        try:
+            first = await stream.next()
+        except asyncio.CancelledError:
+            stream.close()
+            raise
+        if isinstance(first, JobEnded):
+            raise _ended_error(first)
+        return stream
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        req = parse_chat(await self.read_json(request), self.max_prompt_chars, self.config.get("llm", "n_ctx"))
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[EngineEvent] = asyncio.Queue()
         job = self._job(req, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
