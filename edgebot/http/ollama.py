@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from aiohttp import web
 
 from edgebot.engine.jobs import JobDelta, JobEnded
+from edgebot.http import tools as fc
 from edgebot.http.chat import ApiError, bad, parse_chat
 
 if TYPE_CHECKING:
@@ -238,9 +239,10 @@ class OllamaApi:
         started = time.monotonic()
         stream = await self.api.open_stream(req, show_think=think, id_prefix="ollama")
         try:
+            calls = fc.CallStream() if req.tools is not None else None
             if req.stream:
-                return await self._stream(request, kind, stream, started)
-            return await self._collect(kind, stream, started)
+                return await self._stream(request, kind, stream, started, calls)
+            return await self._collect(kind, stream, started, calls)
         finally:
             stream.close()
 
@@ -253,7 +255,7 @@ class OllamaApi:
             return {**head, "message": message, "done": False}
         return {**head, "response": text, **({"thinking": thinking} if thinking else {}), "done": False}
 
-    async def _collect(self, kind: str, stream: Any, started: float) -> web.Response:
+    async def _collect(self, kind: str, stream: Any, started: float, calls: Optional[fc.CallStream]) -> web.Response:
         answer: list[str] = []
         thinking: list[str] = []
         while True:
@@ -263,10 +265,13 @@ class OllamaApi:
             elif isinstance(ev, JobEnded):
                 if ev.reason not in ("stop", "length"):
                     raise self.api.ended_error(ev)
-                return web.json_response({**self._piece(kind, "".join(answer), "".join(thinking)),
-                                          **done_fields(ev.stats, started, ev.reason)})
+                piece = self._piece(kind, "".join(answer), "".join(thinking))
+                if calls is not None and kind == "chat":
+                    piece["message"].update(fc.ollama_message("".join(answer)))
+                return web.json_response({**piece, **done_fields(ev.stats, started, ev.reason)})
 
-    async def _stream(self, request: web.Request, kind: str, stream: Any, started: float) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, kind: str, stream: Any, started: float,
+                      calls: Optional[fc.CallStream]) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
         await resp.prepare(request)
@@ -275,6 +280,8 @@ class OllamaApi:
             while stream.pending():
                 batch.append(await stream.next())
             text = "".join(ev.text for ev in batch if isinstance(ev, JobDelta) and not ev.think)
+            if calls is not None:  # a constrained answer: only a plain answer's text streams; a call comes at the end
+                text = "".join(t for k, t in calls.feed(text) if k == "content")
             thought = "".join(ev.text for ev in batch if isinstance(ev, JobDelta) and ev.think)
             out = bytearray()
             if text or thought:
@@ -283,6 +290,9 @@ class OllamaApi:
             if end is not None:
                 if end.reason in ("stop", "length"):
                     last = {**self._piece(kind, "", ""), **done_fields(end.stats, started, end.reason)}
+                    call = fc.ollama_message(calls.raw) if calls is not None and kind == "chat" else {}
+                    if call.get("tool_calls"):
+                        last["message"]["tool_calls"] = call["tool_calls"]
                 else:
                     last = {"error": self.api.ended_error(end).message}
                 out += json.dumps(last, ensure_ascii=False).encode() + b"\n"

@@ -27,6 +27,7 @@ from aiohttp import web
 from edgebot.config import Config
 from edgebot.engine.jobs import EngineBusy, EngineEvent, EngineNotReady, Job, JobDelta, JobEnded
 from edgebot.engine.scheduler import Engine
+from edgebot.http import tools as fc
 from edgebot.http.chat import DONE, FINISH, ApiError, ChatRequest, bad, chunk, completion, parse_chat, sse_error
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class HttpApi:
         self.model_id = http["model_name"] or (llm["remote_model"] if llm["backend"] == "remote" and
                                                llm["remote_model"] else Path(llm["model"]).stem)
         self.created = int(time.time())
-        self.tools_supported = False
+        self.tools_supported = True
         self._runner: Optional[web.AppRunner] = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -242,7 +243,7 @@ class HttpApi:
                 raise _ended_error(first)
             if req.stream:
                 return await self._stream(request, req, job, events, ended)
-            return await self._collect(job, events, ended)
+            return await self._collect(job, events, ended, req.tools is not None)
         finally:
             if not ended:
                 self.engine.cancel(job.id)  # client gone (handler cancelled) or write failed: free the engine
@@ -253,11 +254,12 @@ class HttpApi:
         budgets = llm["think_budget"]
         return Job(id=f"chatcmpl-{secrets.token_hex(12)}", text=req.question, source="http", sink=sink,
                    show_think=True, max_tokens=min(req.max_tokens or llm["max_tokens"], llm["n_ctx"]),
-                   think_budget=budgets.get("http", budgets.get("default", 512)),
+                   think_budget=0 if req.no_think else budgets.get("http", budgets.get("default", 512)),
                    priority=priorities.get("http", priorities.get("default", 3)), history=req.history,
                    sampling=dataclasses.replace(self.engine.settings.sampling, **req.overrides()), stop=req.stop)
 
-    async def _collect(self, job: Job, events: asyncio.Queue[EngineEvent], ended: list[JobEnded]) -> web.Response:
+    async def _collect(self, job: Job, events: asyncio.Queue[EngineEvent], ended: list[JobEnded],
+                       tools: bool = False) -> web.Response:
         answer: list[str] = []
         thinking: list[str] = []
         while True:
@@ -268,8 +270,11 @@ class HttpApi:
                 ended.append(ev)
                 if ev.reason not in FINISH:
                     raise _ended_error(ev)
-                return _json(200, completion(job.id, int(time.time()), self.model_id, "".join(answer),
-                                             "".join(thinking), FINISH[ev.reason], ev.stats))
+                body = completion(job.id, int(time.time()), self.model_id, "".join(answer), "".join(thinking),
+                                  FINISH[ev.reason], ev.stats)
+                if tools:
+                    fc.shape_completion(body, "".join(answer))
+                return _json(200, body)
 
     async def _stream(self, request: web.Request, req: ChatRequest, job: Job, events: asyncio.Queue[EngineEvent],
                       ended: list[JobEnded]) -> web.StreamResponse:
@@ -279,6 +284,7 @@ class HttpApi:
                                            "X-Accel-Buffering": "no"})
         await resp.prepare(request)
         await resp.write(chunk(job.id, created, self.model_id, {"role": "assistant", "content": ""}))
+        calls = fc.CallStream() if req.tools is not None else None
         while True:
             batch = [await events.get()]
             while not events.empty():
@@ -287,7 +293,12 @@ class HttpApi:
             kind, text = "", ""
             end: Optional[JobEnded] = None
             for ev in batch:
-                if isinstance(ev, JobDelta):
+                if isinstance(ev, JobDelta) and calls is not None and not ev.think:
+                    if text:
+                        out += chunk(job.id, created, self.model_id, {kind: text})
+                        kind, text = "", ""
+                    out += b"".join(chunk(job.id, created, self.model_id, d) for d in fc.call_deltas(calls, ev.text))
+                elif isinstance(ev, JobDelta):
                     k = "reasoning_content" if ev.think else "content"
                     if k != kind and text:
                         out += chunk(job.id, created, self.model_id, {kind: text})
@@ -300,7 +311,11 @@ class HttpApi:
                 out += chunk(job.id, created, self.model_id, {kind: text})
             if end is not None:
                 if end.reason in FINISH:
-                    out += chunk(job.id, created, self.model_id, {}, FINISH[end.reason])
+                    finish = FINISH[end.reason]
+                    if calls is not None:
+                        tail, finish = fc.finish_deltas(calls, finish)
+                        out += b"".join(chunk(job.id, created, self.model_id, d) for d in tail)
+                    out += chunk(job.id, created, self.model_id, {}, finish)
                     if req.include_usage:
                         out += chunk(job.id, created, self.model_id, None, stats=end.stats)
                     out += DONE
