@@ -37,7 +37,8 @@ def free_port() -> int:
 class Mosquitto:
     """``start()``/``stop()``/``restart()`` one broker process; ``url`` is ``mqtt://127.0.0.1:PORT``."""
 
-    def __init__(self, workdir: Path, port: Optional[int] = None) -> None:
+    def __init__(self, workdir: Path, port: Optional[int] = None, tcp_nodelay: bool = True) -> None:
+        """``tcp_nodelay``: mosquitto's ``set_tcp_nodelay`` (Debian's default is false)."""
         binary = mosquitto_binary()
         if binary is None:
             raise FileNotFoundError("mosquitto is not installed (Debian/Ubuntu: apt-get install mosquitto)")
@@ -45,7 +46,9 @@ class Mosquitto:
         self.dir = Path(workdir)
         self.port = port or free_port()
         self.conf = self.dir / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                             f"set_tcp_nodelay {'true' if tcp_nodelay else 'false'}\n"
+                             f"persistence true\n"
                              f"persistence_location {self.dir}/\nautosave_interval 0\n"
                              f"log_dest file {self.dir}/mosquitto.log\nlog_type all\n"
                              # as root mosquitto would switch to the user mosquitto, who cannot write here

@@ -142,6 +142,11 @@ class BrokerLink:
         if reason.is_failure:
             log.warning("MQTT broker %s:%d refused the connection: %s", self.s.host, self.s.port, reason)
             return
+        sock = client.socket()
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Nagle's algorithm with the broker's delayed ACKs holds small messages (an answer's deltas)
+            # for ~40 ms; the broker side needs mosquitto's set_tcp_nodelay (docs/integrations.md)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.subscribe([(t, self.s.qos) for t in self.subscriptions])
         self.connected = True
         self._post(self._on_state, True, f"session present: {bool(flags.session_present)}")
