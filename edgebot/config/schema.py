@@ -173,6 +173,10 @@ KEYS: tuple[Key, ...] = (
         "answer before speaking it); -1 = [llm] think_budget.default.", "tokens", -1, 131072),
     Key("wyoming", "stream_handled", "bool", False, "Answer with handled-start/-chunk/-stop (streaming) instead of "
         "one handled event; Home Assistant's integration reads only handled."),
+    Key("wyoming", "tts", "bool", False, "Also offer the board's piper voice ([speech_out] voice) as a Wyoming "
+        "text-to-speech service."),
+    Key("wyoming", "asr", "bool", False, "Also offer the board's vosk model ([speech_in] model) as a Wyoming "
+        "speech-to-text service."),
     Key("wyoming", "answer_timeout_s", "float", 120.0, "Give up on an answer (not-handled) after this.", "seconds",
         1.0, 3600.0),
     # [speech_in]: edgebot-speech-in (microphone -> vosk -> questions)

@@ -43,7 +43,6 @@ class _Question:
     bus_id: str
     text: str
     parts: list[str] = field(default_factory=list)
-    started: bool = False
 
 
 class MqttBridge(Bridge):
@@ -191,7 +190,6 @@ class MqttBridge(Bridge):
         if q is None:
             return
         if isinstance(msg, m.AnswerStart):
-            q.started = True
             self._publish(self.topics.answer(q.ident), mp.message("start", q.ident, question=q.text))
         elif isinstance(msg, m.AnswerDelta):
             q.parts.append(msg.text)

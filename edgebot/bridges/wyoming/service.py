@@ -107,12 +107,14 @@ class WyomingBridge(Bridge):
     client_name = "edgebot-wyoming"
     role = "bridge"
 
-    def __init__(self, settings: WyomingSettings) -> None:
+    def __init__(self, settings: WyomingSettings, speech: Optional[Any] = None) -> None:
+        """``speech``: the optional asr/tts services (:class:`edgebot.bridges.wyoming.speech.Speech`)."""
         try:
             import wyoming  # noqa: F401
         except ImportError:
             raise ConfigError("edgebot-wyoming needs the wyoming package: pip install 'edgebot[wyoming]'") from None
         self.s = settings
+        self.speech = speech
         self.link: Optional[BusLink] = None
         self.model = ""
         self.waiting: dict[str, asyncio.Queue[m.Message]] = {}
@@ -137,7 +139,7 @@ class WyomingBridge(Bridge):
         program = HandleProgram(name=self.s.name, attribution=who, installed=True,
                                 description="edgebot: an offline assistant on this board", version=edgebot.__version__,
                                 models=[model], supports_handled_streaming=self.s.stream_handled)
-        return Info(handle=[program]).event()
+        return Info(handle=[program], **(self.speech.programs() if self.speech is not None else {})).event()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         from wyoming.asr import Transcript
@@ -147,6 +149,7 @@ class WyomingBridge(Bridge):
         from wyoming.ping import Ping, Pong
 
         peer = writer.get_extra_info("peername")
+        state: dict[str, Any] = {}  # the connection's utterance in progress (asr)
         try:
             while True:
                 try:
@@ -164,9 +167,13 @@ class WyomingBridge(Bridge):
                 elif Transcript.is_type(event.type):
                     for reply in await self._transcript(event.data):
                         await async_write_event(reply, writer)
+                elif self.speech is not None and self.speech.handles(event.type):
+                    for reply in await self.speech.handle(event, state):
+                        await async_write_event(reply, writer)
                 else:
-                    await async_write_event(Error(text=f"edgebot-wyoming handles describe, ping and transcript, "
-                                                       f"not {event.type[:40]}", code="unsupported").event(), writer)
+                    await async_write_event(Error(text=f"edgebot-wyoming handles describe, ping and transcript "
+                                                       f"(and synthesize/audio with [wyoming] tts/asr), not "
+                                                       f"{event.type[:40]}", code="unsupported").event(), writer)
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             log.debug("wyoming %s: %s", peer, exc)
         finally:
@@ -238,7 +245,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--uri", help="where to listen, tcp://HOST:PORT (default: [wyoming] uri)")
 
     def build(args: argparse.Namespace, config: Config) -> Bridge:
-        return WyomingBridge(WyomingSettings.from_config(config))
+        from edgebot.bridges.wyoming.speech import load_speech
+
+        return WyomingBridge(WyomingSettings.from_config(config), load_speech(config))
 
     return bridge_main(parser, build, argv, overrides=lambda a: {"wyoming.uri": a.uri})
 
