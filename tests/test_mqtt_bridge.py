@@ -278,6 +278,31 @@ def test_cancel_ends_a_running_answer(tmp_path: Path, broker: Mosquitto, slow_lo
         watch.close()
 
 
+def test_edgebotd_restart_is_reported_and_survived(tmp_path: Path, broker: Mosquitto, script_model: Path,
+                                                   daemon_factory: Any) -> None:
+    """The bus going away turns PREFIX/status offline (an ask then gets an error, not silence); the
+    supervisor reconnects when edgebotd is back, and the status returns to online."""
+    sock = str(tmp_path / "bus.sock")
+    d = daemon_factory(script_model, socket_path=sock)
+    watch = Client(broker.url, "watch-restart", ["re/#"])
+    b = MqttBridgeProc(tmp_path, d, broker, prefix="re", client_id="edgebot-re")
+    try:
+        watch.expect(lambda t, p: t == "re/status" and p == b"online", timeout=20)
+        d.stop()
+        watch.expect(lambda t, p: t == "re/status" and p == b"offline", timeout=20)
+        watch.publish("re/ask", json.dumps({"id": "lost", "text": "What is 2+2?"}))
+        _, body, _ = watch.expect(lambda t, p: t == "re/error")
+        assert json.loads(body)["code"] == "not-ready" and "not reachable" in json.loads(body)["message"]
+        daemon_factory(script_model, socket_path=sock)
+        watch.expect(lambda t, p: t == "re/status" and p == b"online", timeout=30)
+        watch.publish("re/ask", json.dumps({"id": "back", "text": "What is 2+2?"}))
+        _, payload, _ = watch.expect(lambda t, p: t == "re/answer/back" and json.loads(p)["type"] == "end")
+        assert json.loads(payload)["text"] == ANSWER
+    finally:
+        assert b.stop() == 0
+        watch.close()
+
+
 def test_last_will_when_killed_then_back_online(tmp_path: Path, broker: Mosquitto, robot: Daemon,
                                                 bridge: MqttBridgeProc) -> None:
     """Runs last in the module: it kills the shared bridge."""
