@@ -53,8 +53,9 @@ ROUTES: dict[str, tuple[str, str]] = {
     "heard": ("edgebot-speech-in", "subscribers of the type (relayed, no reply)"),
     "speaking": ("edgebot-speech-out", "subscribers of the type (relayed, no reply)"),
     "serial-port": ("edgebot-serial", "subscribers of the type (relayed, no reply)"),
-    "action-run": ("edgebotd", "subscribers of the type: the edgebot-serial serving its `port` runs it"),
-    "action-result": ("edgebot-serial", "edgebotd, which ends the action call of that `id`"),
+    "action-run": ("edgebotd", "subscribers of the type: the edgebot-serial (or edgebot-mqtt) serving its `port` "
+                   "runs it"),
+    "action-result": ("edgebot-serial, edgebot-mqtt", "edgebotd, which ends the action call of that `id`"),
     "action": ("edgebotd", "the asker, and subscribers of the type"),
     "subscribe": ("client", "edgebotd, which replies `ack`"),
     "status": ("client", "edgebotd, which replies `status-report`"),
