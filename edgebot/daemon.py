@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import signal
 import sys
 from typing import Any, Optional, Sequence
@@ -55,9 +56,26 @@ def build_engine(config: Config, on_state: object) -> Engine:
         backend = llama_or_remote(config)
     settings = EngineSettings(
         sampling=sampling,
-        queue_max=eng["queue_max"], session_idle_s=eng["session_idle_s"], answer_reserve=eng["answer_reserve"],
+        queue_max=eng["queue_max"], session_idle_s=eng["session_idle_s"], max_sessions=eng["max_sessions"],
+        answer_reserve=eng["answer_reserve"],
         persona=llm["persona"], stall_s=config.get("daemon", "stall_s"))
     return Engine(backend, settings, on_state)  # type: ignore[arg-type]
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard one (systemd's default soft limit is 1,024, which
+    sockets reach quickly: a thousand half-open HTTP connections once locked every bus client out).
+    Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open-files limit from %d to %d: %s", soft, want, exc)
+        return soft
+    return want
 
 
 async def serve(config: Config) -> int:
@@ -78,7 +96,8 @@ async def serve(config: Config) -> int:
     dispatcher = Dispatcher(config, engine, loop)
     bus = config.section("bus")
     hub = Hub(dispatcher.handle, Limits(bus["max_line_bytes"], bus["client_queue_max"], bus["client_rate"],
-                                        bus["client_burst"], bus["first_message_s"], bus["max_clients"]),
+                                        bus["client_burst"], bus["first_message_s"], bus["max_clients"],
+                                        bus["max_clients_per_uid"]),
               bus["allowed_users"], bus["allowed_groups"], on_disconnect=dispatcher.disconnected)
     dispatcher.hub = hub
     try:
@@ -186,7 +205,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.error("configuration error: %s", exc)
         return EX_CONFIG
     systemd.setup_logging(config.get("log", "level"))
-    log.info("edgebotd %s starting (board %s)", edgebot.__version__, config.board or "none")
+    log.info("edgebotd %s starting (board %s), open-files limit %d", edgebot.__version__, config.board or "none",
+             raise_fd_limit())
     try:
         return asyncio.run(serve(config))
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ import logging
 from typing import Any, Optional
 
 import edgebot
+from edgebot import policy
 from edgebot.bus import messages as m
 from edgebot.bus.hub import Connection, Hub
 from edgebot.config import Config
@@ -65,7 +66,8 @@ class Dispatcher:
         self.hub: Optional[Hub] = None
         self.owners: dict[str, tuple[Connection, m.Ask]] = {}  # ask id -> (asker, ask)
         self.started: set[str] = set()  # ask ids whose answer-start has gone out
-        self.voice_latency: dict[str, Any] = {}  # the last voice-latency report, for status
+        self.voice_latency: dict[str, Any] = {}  # the last voice-latency report, for status (bounded)
+        self.speaking = policy.SpeakingState(config.get("bus", "speaking_max_s"))
         self.submitted = 0  # engine jobs submitted for bus asks (status-report queue.submitted)
         self.actions: Optional[Any] = None  # edgebot.actions.desk.ActionDesk when [[actions]] are declared
         if config.arrays.get("actions"):
@@ -93,12 +95,21 @@ class Dispatcher:
 
     async def handle(self, conn: Connection, msg: m.Message) -> None:
         assert self.hub is not None
+        refusal = policy.sender_refusal(conn, msg)
+        if refusal:
+            conn.send(m.Error("not-allowed", refusal, getattr(msg, "id", None)))
+            return
         if isinstance(msg, m.Ask):
             self._ask(conn, msg)
         elif isinstance(msg, m.Cancel):
             self._cancel(conn, msg)
         elif isinstance(msg, m.Hello):
-            conn.name = f"{msg.client}-{conn.id}"
+            conn.name = f"{msg.client[:64]}-{conn.id}"
+            refusal = policy.role_refusal(conn, msg.role)
+            if refusal:
+                conn.role = "client"
+                conn.send(m.Error("forbidden", refusal))
+                return
             conn.send(m.Welcome(server_version=edgebot.__version__, model=self.engine.backend.info().model,
                                 session_defaults=self._session_defaults()))
         elif isinstance(msg, m.Subscribe):
@@ -109,6 +120,10 @@ class Dispatcher:
             conn.subscriptions = set(msg.types)
             conn.send(m.Ack(of="subscribe", delivered=len(conn.subscriptions)))
         elif isinstance(msg, m.Say):
+            if msg.id is not None and (msg.id in self.owners or msg.id in self.speaking.active):
+                conn.send(m.Error("duplicate-id", f"say: id {msg.id!r} is in use by an answer in progress or "
+                                                  f"being spoken; use another id", msg.id))
+                return
             delivered = self.hub.publish(msg, skip=conn)
             if delivered:
                 conn.send(m.Ack(of="say", delivered=delivered))
@@ -120,10 +135,12 @@ class Dispatcher:
             conn.send(m.Pong(id=msg.id))
         elif isinstance(msg, m.ActionResult):
             if self.actions is not None:
-                self.actions.result(msg)
+                self.actions.result(msg, conn)
         elif msg.TYPE in RELAYED:
             if isinstance(msg, m.VoiceLatency):
-                self.voice_latency = {k: v for k, v in vars(msg).items() if v is not None}
+                self.voice_latency = policy.latency_for_status(msg)
+            elif isinstance(msg, m.Speaking):
+                self._speaking(conn, msg)
             self.hub.publish(msg, skip=conn)
         elif msg.TYPE in DAEMON_ONLY:
             conn.send(m.Error("not-allowed", f"{msg.TYPE!r} is sent by edgebotd, not to it"))
@@ -133,9 +150,28 @@ class Dispatcher:
         return {"max_tokens": llm["max_tokens"], "think_budget": llm["think_budget"],
                 "temperature": llm["temperature"], "n_ctx": llm["n_ctx"]}
 
+    def _speaking(self, conn: Connection, msg: m.Speaking) -> None:
+        """Track speech-out's start/stop so a lost stop cannot mute speech-in for good."""
+        if msg.state == "start":
+            self.speaking.start(conn, msg.id or "")
+            self.loop.call_later(self.speaking.max_s + 0.05, self._speaking_ended, self.speaking.expired, "expired")
+        else:
+            self.speaking.stop(msg.id or "")
+
+    def _speaking_ended(self, which: Any, why: str) -> None:
+        """Publish ``speaking {stop}`` for the ids ``which()`` returns (expired, or their speaker left)."""
+        for ident in which():
+            log.warning("speaking %s %s without a stop; telling the bus it stopped", ident or "(no id)", why)
+            if self.hub is not None:
+                self.hub.publish(m.Speaking(state="stop", id=ident or None))
+
     def _ask(self, conn: Connection, ask: m.Ask) -> None:
-        if not ask.id or len(ask.id) > 128:
-            conn.send(m.Error("bad-field", "ask: id must be 1-128 characters", ask.id or None))
+        if not ask.id or len(ask.id) > policy.MAX_ID_CHARS:
+            conn.send(m.Error("bad-field", "ask: id must be 1-128 characters", ask.id[:policy.MAX_ID_CHARS] or None))
+            return
+        refusal = policy.session_refusal(ask.session)
+        if refusal:
+            conn.send(m.Error("bad-field", refusal, ask.id))
             return
         if not ask.text.strip():
             conn.send(m.Error("bad-field", "ask: text is empty", ask.id))
@@ -183,7 +219,9 @@ class Dispatcher:
             conn.send(m.Error("not-found", f"nothing to cancel for {msg.id or msg.session!r}", msg.id))
 
     def disconnected(self, conn: Connection) -> None:
-        """A client left: its unfinished answers are cancelled so the engine is freed."""
+        """A client left: its unfinished answers are cancelled so the engine is freed; what it was
+        speaking ends (``speaking {stop}``) so speech-in does not stay muted."""
+        self._speaking_ended(lambda: self.speaking.left(conn), "ended by its speaker leaving")
         for ask_id in list(conn.inflight):
             self.engine.cancel(ask_id)
             if self.actions is not None:
@@ -231,5 +269,5 @@ class Dispatcher:
                               last_tokens_per_s=st["last_tokens_per_s"],
                               memory={"rss_mb": read_rss_mb()}, temperature_c=read_temperature_c(),
                               clients=len(self.hub.connections) if self.hub else 0, error=st["error"],
-                              voice_latency=self.voice_latency,
+                              voice_latency=self.voice_latency, speaking=self.speaking.snapshot(),
                               actions=self.actions.status() if self.actions is not None else {})

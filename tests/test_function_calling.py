@@ -120,6 +120,20 @@ def test_bad_tools_are_400(client: openai.OpenAI, tools: Any, choice: Any, words
     assert words in str(err.value)
 
 
+@pytest.mark.parametrize("params", [
+    {"type": "object", "properties": {"s": {"type": "string", "pattern": "^[]a]$"}}},  # froze the converter
+    {"type": "object", "properties": {"s": {"type": "string", "maxLength": 20000}}},  # overflowed llama.cpp
+])
+def test_tool_schemas_are_held_to_the_schema_limits(client: openai.OpenAI, params: dict) -> None:
+    """The same bounds as response_format (edgebot/engine/schema_limits.py), before any grammar is built."""
+    tools = [{"type": "function", "function": {"name": "f", "parameters": params}}]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="m", messages=QUESTION, tools=tools)
+    assert err.value.body["code"] == "schema_too_complex" and err.value.body["param"] == "tools"
+    r = client.chat.completions.create(model="m", messages=QUESTION, tools=TOOLS)  # still serving
+    assert r.choices[0].finish_reason == "tool_calls"
+
+
 def test_ollama_tools(api: int) -> None:
     ollama = pytest.importorskip("ollama")
     c = ollama.Client(host=f"http://127.0.0.1:{api}", timeout=60)

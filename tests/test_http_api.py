@@ -186,7 +186,7 @@ def test_oversized_and_malformed_bodies(api: tuple[Daemon, int]) -> None:
     assert status == 413 and body["error"]["code"] == "request_too_large"
     status, body = raw(api[1], "POST", "/v1/chat/completions", b"{not json", {"Content-Type": "application/json"})
     assert status == 400 and "not valid JSON" in body["error"]["message"]
-    status, body = raw(api[1], "POST", "/v1/chat/completions", b"[1, 2]")
+    status, body = raw(api[1], "POST", "/v1/chat/completions", b"[1, 2]", {"Content-Type": "application/json"})
     assert status == 400 and body["error"]["type"] == "invalid_request_error"
     assert raw(api[1], "GET", "/v1/nothing")[0] == 404
     assert raw(api[1], "GET", "/v1/chat/completions")[0] == 405

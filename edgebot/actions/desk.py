@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional, Union
 
 from edgebot.actions import tools
 from edgebot.actions.matcher import PhraseMatcher, yes_or_no
+from edgebot import policy
 from edgebot.actions.registry import Action, CallError, Registry
 from edgebot.bus import messages as m
 from edgebot.bus.hub import Connection, Hub
@@ -82,6 +83,7 @@ class ActionDesk:
         self.schema_json = json.dumps(tools.answer_schema(list(registry.actions.values())))
         self.pending: Optional[Pending] = None
         self.calls: dict[str, asyncio.Future[m.ActionResult]] = {}
+        self.runners: dict[str, set[Connection]] = {}  # call id -> the serial bridges it was sent to
         self.by_ask: dict[str, asyncio.Future[m.ActionResult]] = {}  # ask id -> the R it waits for
         self.cancelled: set[str] = set()
         self.history: dict[str, deque[float]] = {name: deque() for name in registry.actions}
@@ -105,11 +107,17 @@ class ActionDesk:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def result(self, msg: m.ActionResult) -> None:
-        """An ``action-result`` from a serial bridge."""
+    def result(self, msg: m.ActionResult, conn: Connection) -> None:
+        """An ``action-result`` from ``conn``: taken only from a serial bridge the run was sent to."""
         fut = self.calls.get(msg.id)
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
+        if fut is None or fut.done():
+            return
+        if conn not in self.runners.get(msg.id, ()):
+            log.warning("action-result for %s from %s, which was not sent that action-run: ignored", msg.id, conn.name)
+            conn.send(m.Error("not-allowed", "action-result: only the bridge that was sent the action-run may "
+                                             "answer it", msg.id))
+            return
+        fut.set_result(msg)
 
     def cancel(self, ask_id: str) -> bool:
         """``cancel {id}`` (or the asker left): stop waiting for its board's result, or drop its
@@ -318,9 +326,13 @@ class ActionDesk:
         fut: asyncio.Future[m.ActionResult] = self.loop.create_future()
         self.calls[call_id] = fut
         self.by_ask[ask.id] = fut
+        run = m.ActionRun(id=call_id, port=action.port, name=action.name, args=args)
+        runners = {c for c in hub.connections if c.role in policy.ACTION_RUNNERS and c.wants(run.TYPE)} if hub else set()
+        self.runners[call_id] = runners
         try:
-            delivered = hub.publish(m.ActionRun(id=call_id, port=action.port, name=action.name, args=args)) \
-                if hub is not None else 0
+            for conn_ in runners:  # only serial bridges are sent a run, and only they may answer it
+                conn_.send(run)
+            delivered = len(runners)
             if not delivered:
                 why = f"no edgebot-serial is connected for {action.port}"
                 self._event(conn, ask, action.name, args, "err", why, path, call_id)
@@ -340,6 +352,7 @@ class ActionDesk:
                 return Outcome("cancelled", why, "")
         finally:
             self.calls.pop(call_id, None)
+            self.runners.pop(call_id, None)
             self.by_ask.pop(ask.id, None)
         result = "ok" if res.ok else "timeout" if res.timeout else "err"
         self._event(conn, ask, action.name, args, result, res.text, path, call_id)

@@ -15,6 +15,7 @@ from typing import Any
 
 from edgebot.config.loader import ConfigError
 from edgebot.config.schema import Config
+from edgebot.engine.schema_limits import SchemaLimitError, check_schema
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 SCALAR_TYPES = ("string", "integer", "number", "boolean")
@@ -91,7 +92,12 @@ def strict_schema(params: dict[str, Any], where: str) -> dict[str, Any]:
     required = params.get("required", list(props))  # every parameter is required unless said otherwise
     if not isinstance(required, list) or not set(required) <= set(props):
         raise ConfigError(f"{where}: parameters.required must list declared properties")
-    return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
+    schema = {"type": "object", "properties": props, "required": required, "additionalProperties": False}
+    try:
+        check_schema(schema)  # the same bounds as every schema a grammar is made from
+    except SchemaLimitError as exc:
+        raise ConfigError(f"{where}: parameters: {exc}") from None
+    return schema
 
 
 def _check_phrases(phrases: dict[str, Any], schema: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
@@ -144,6 +150,13 @@ class Registry:
                     raise ConfigError(f"[[actions]] {a.name}: parameters are not a valid JSON Schema: "
                                       f"{exc.message}") from None
                 self._validators[a.name] = jsonschema.Draft202012Validator(a.schema)
+            from edgebot.actions.tools import answer_schema  # tools imports this module
+
+            try:
+                check_schema(answer_schema(actions))
+            except SchemaLimitError as exc:
+                raise ConfigError(f"[[actions]]: together the actions make a schema the model's grammar cannot "
+                                  f"take: {exc}; declare fewer actions or parameters") from None
 
     @classmethod
     def from_config(cls, config: Config) -> "Registry":

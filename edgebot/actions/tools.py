@@ -93,7 +93,8 @@ def read_answer(text: str) -> Union[Call, Plain, None]:
     (only possible when the grammar was not applied, e.g. a remote backend ignoring it)."""
     try:
         obj = json.loads(text)
-    except ValueError:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")  # a lone surrogate escape is no character
+    except ValueError:  # UnicodeEncodeError is one
         return None
     if not isinstance(obj, dict):
         return None
@@ -140,13 +141,11 @@ class AnswerStream:
                     break
                 esc = self.raw[i + 1]
                 if esc == "u":
-                    if i + 6 > len(self.raw):
-                        break
-                    try:
-                        out.append(chr(int(self.raw[i + 2:i + 6], 16)))
-                    except ValueError:
-                        pass
-                    i += 6
+                    char, used = _unicode_escape(self.raw, i)
+                    if used == 0:
+                        break  # wait for the rest of the escape (or of its surrogate pair)
+                    out.append(char)
+                    i += used
                     continue
                 out.append({"n": "\n", "t": "\t", "r": "", "b": "", "f": ""}.get(esc, esc))
                 i += 2
@@ -155,3 +154,31 @@ class AnswerStream:
             i += 1
         self._pos = i
         return "".join(out)
+
+
+def _unicode_escape(raw: str, i: int) -> tuple[str, int]:
+    """The character of the ``\\uXXXX`` escape at ``raw[i]`` and how many characters it used; (``""``,
+    0) while it is incomplete. A UTF-16 surrogate pair (``\\ud83d\\ude00``) is one character, as
+    ``json.loads`` reads it; a lone surrogate or bad hex becomes U+FFFD, never a lone surrogate
+    (which cannot be encoded as UTF-8 for the bus)."""
+    if i + 6 > len(raw):
+        return "", 0
+    try:
+        code = int(raw[i + 2:i + 6], 16)
+    except ValueError:
+        return "\ufffd", 6
+    if 0xD800 <= code <= 0xDBFF:
+        rest = raw[i + 6:i + 12]
+        if len(rest) < 6 and "\\u".startswith(rest[:2]) and not rest.startswith('"'):
+            return "", 0  # the low half may still come
+        if rest.startswith("\\u"):
+            try:
+                low = int(rest[2:6], 16)
+            except ValueError:
+                low = -1
+            if 0xDC00 <= low <= 0xDFFF:
+                return chr(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)), 12
+        return "\ufffd", 6
+    if 0xDC00 <= code <= 0xDFFF:
+        return "\ufffd", 6
+    return chr(code), 6

@@ -11,6 +11,7 @@ from typing import AsyncIterator, Optional
 import edgebot
 from edgebot.bus import codec
 from edgebot.bus.messages import Error, Hello, Message, Welcome
+from edgebot.bus.sockdir import UnsafeSocketDir, check_socket_dir
 
 
 class BusUnavailable(Exception):
@@ -28,7 +29,12 @@ class BusClient:
 
     @classmethod
     async def connect(cls, path: str, client: str, role: str = "client", timeout: float = 5.0) -> "BusClient":
-        """Connect and exchange hello/welcome within ``timeout`` seconds."""
+        """Connect and exchange hello/welcome within ``timeout`` seconds. A socket in a directory
+        another user controls is never connected to (:func:`sockdir.check_socket_dir`)."""
+        try:
+            check_socket_dir(path)
+        except UnsafeSocketDir as exc:
+            raise BusUnavailable(str(exc)) from None
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(path, limit=codec.MAX_LINE_BYTES + 1), timeout)

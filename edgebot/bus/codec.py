@@ -34,7 +34,8 @@ def encode(msg: Message) -> bytes:
     """One message as a JSON line (UTF-8, newline-terminated)."""
     data = {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}
     data = {k: v for k, v in data.items() if v is not None}
-    return (json.dumps({"type": msg.TYPE, "data": data}, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    return (json.dumps({"type": msg.TYPE, "data": data}, ensure_ascii=False, separators=(",", ":"),
+                       allow_nan=False) + "\n").encode()
 
 
 @lru_cache(maxsize=None)
@@ -109,6 +110,11 @@ def from_dict(type_name: str, data: dict[str, Any]) -> Message:
     return cls(**kwargs)
 
 
+def _no_constant(name: str) -> Any:
+    """``json.loads`` hook: NaN, Infinity and -Infinity are not JSON (RFC 8259), so refuse them."""
+    raise ValueError(f"{name} is not a JSON number; send a finite number or omit the field")
+
+
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
@@ -120,9 +126,12 @@ def decode(line: bytes | str) -> Message:
         except UnicodeDecodeError as exc:
             raise ProtocolError("bad-json", f"line is not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
-        obj = json.loads(line)
+        obj = json.loads(line, parse_constant=_no_constant)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise ProtocolError("bad-json", f"line is not JSON: {exc}") from None
+    except ValueError as exc:  # NaN/Infinity, or an integer over Python's 4,300-digit limit
+        why = str(exc) if "JSON number" in str(exc) else "an integer has more than 4,300 digits; send a shorter number"
+        raise ProtocolError("bad-json", f"line is not JSON edgebot accepts: {why}") from None
     if _SURROGATE_ESCAPE.search(line):  # a \ud800-style escape may leave a lone surrogate, which is no character
         try:
             json.dumps(obj, ensure_ascii=False).encode("utf-8")

@@ -51,11 +51,13 @@ ROUTES: dict[str, tuple[str, str]] = {
     "cancel": ("client", "edgebotd, which relays it to subscribers of the type"),
     "say": ("client", "subscribers of `say` (edgebot-speech-out); the sender gets `ack`"),
     "heard": ("edgebot-speech-in", "subscribers of the type (relayed, no reply)"),
-    "speaking": ("edgebot-speech-out", "subscribers of the type (relayed, no reply)"),
+    "speaking": ("edgebot-speech-out (role `speech-out` only)", "subscribers of the type (relayed, no reply); "
+                 "edgebotd sends the `stop` itself when a start expires or its speaker leaves"),
     "serial-port": ("edgebot-serial", "subscribers of the type (relayed, no reply)"),
-    "action-run": ("edgebotd", "subscribers of the type: the edgebot-serial (or edgebot-mqtt) serving its `port` "
-                   "runs it"),
-    "action-result": ("edgebot-serial, edgebot-mqtt", "edgebotd, which ends the action call of that `id`"),
+    "action-run": ("edgebotd", "subscribers of the type with role `serial` or `mqtt`: the edgebot-serial or "
+                   "edgebot-mqtt serving its `port` runs it"),
+    "action-result": ("edgebot-serial or edgebot-mqtt (a `serial`/`mqtt` connection sent the run)",
+                      "edgebotd, which ends the action call of that `id`"),
     "action": ("edgebotd", "the asker, and subscribers of the type"),
     "subscribe": ("client", "edgebotd, which replies `ack`"),
     "status": ("client", "edgebotd, which replies `status-report`"),
@@ -67,7 +69,8 @@ ROUTES: dict[str, tuple[str, str]] = {
 }
 
 TYPE_HELP: dict[str, str] = {
-    "hello": "Introduces a client. Optional: every other message works without it.",
+    "hello": "Introduces a client. Optional for a plain client (one that never sent it is the first to give "
+             "way when the bus is full); a bridge sends it with its role.",
     "welcome": "The reply to `hello`: who is serving and with which defaults.",
     "ask": "A question for the model. Answered by `answer-start`, deltas and `answer-end`, or by one `error`.",
     "answer-start": "The engine has begun this answer (it left the queue and its prompt fits the context).",
@@ -91,7 +94,9 @@ FIELD_HELP: dict[tuple[str, str], str] = {
     ("hello", "client"): "Name of the client program (`edgebot-cli`, `edgebot-serial` …); names the connection "
                          "in edgebotd's log.",
     ("hello", "version"): "The client's version. Informational, not checked.",
-    ("hello", "role"): "What the client is (`client`, `bridge` …). Informational, not checked.",
+    ("hello", "role"): "What the client is: `client`, or a bridge's role `speech-out`, `speech-in`, `serial` or `mqtt`, "
+                       "which decides what it may send and is accepted only from root or edgebotd's own user "
+                       "(see [who may send what](#who-may-send-what)).",
     ("welcome", "server_version"): "edgebot version of the daemon.",
     ("welcome", "model"): "Path of the GGUF file edgebotd serves (`[llm] model`).",
     ("welcome", "session_defaults"): "`{max_tokens, think_budget, temperature, n_ctx}` from edgebotd's "
@@ -102,7 +107,8 @@ FIELD_HELP: dict[tuple[str, str], str] = {
     ("ask", "text"): "The question: plain text (text that looks like a control token stays text). "
                      "Blank is refused (`bad-field`).",
     ("ask", "session"): "Conversation to continue (`voice`, `serial:ttyUSB0`, `cli:maths` …), created on first "
-                        "use. Omitted: a one-off question without history.",
+                        "use. Omitted: a one-off question without history. At most 128 bytes; at most "
+                        "`[engine] max_sessions` are kept (a new one replaces the least recently used).",
     ("ask", "source"): "Who asks (`voice`, `serial:<port>`, `cli`, `http` …). The part before `:` picks the "
                        "priority (`[engine] priorities`) and think budget (`[llm] think_budget`), else their "
                        "`default` entry.",
@@ -132,7 +138,8 @@ FIELD_HELP: dict[tuple[str, str], str] = {
     ("cancel", "session"): "Cancel every queued or running answer of this session (tried when `id` is "
                            "omitted or matches nothing).",
     ("say", "text"): "The text to speak.",
-    ("say", "id"): "Optional id, relayed as is; carried by the `not-found` error when nobody listens.",
+    ("say", "id"): "Optional id, relayed as is; carried by the `not-found` error when nobody listens. The id of "
+                   "an answer in progress or being spoken is refused (`duplicate-id`).",
     ("heard", "text"): "Recognized text.",
     ("heard", "final"): "`false` for a partial result that may still change; `true` when the utterance ended.",
     ("heard", "id"): "On a final result: the id of the `ask` speech-in sent for it.",
@@ -161,6 +168,8 @@ FIELD_HELP: dict[tuple[str, str], str] = {
     ("status-report", "memory"): "`{rss_mb}`: edgebotd's resident memory (MiB).",
     ("status-report", "temperature_c"): "Hottest zone in /sys/class/thermal (°C); null where there is none.",
     ("status-report", "clients"): "Clients connected to the bus.",
+    ("status-report", "speaking"): "What edgebot-speech-out is speaking: one `{id, client, since_s}` per "
+                                   "`speaking` start without its stop; each ends after `[bus] speaking_max_s`.",
     ("ping", "id"): "Any id; echoed in `pong`.",
     ("pong", "id"): "The `ping`'s id.",
     ("ack", "of"): "`say` or `subscribe`.",

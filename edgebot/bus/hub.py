@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Optional
 
 from edgebot.bus import codec
-from edgebot.bus.messages import AnswerDelta, Error, Message, ThinkDelta
-from edgebot.bus.peercred import PeerCred, peer_allowed, read_peercred
+from edgebot.bus.messages import AnswerDelta, Error, Hello, Message, ThinkDelta
+from edgebot.bus.peercred import AllowList, PeerCred, read_peercred
+from edgebot.bus.sockdir import check_socket_dir
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class Limits:
     """Per-client limits: line length in bytes, outbox in events, rate in messages/s, the first
-    message within ``first_message_s`` seconds, at most ``max_clients`` connections."""
+    message within ``first_message_s`` seconds, at most ``max_clients`` connections and
+    ``max_clients_per_uid`` of one uid (root and edgebotd's own user exempt)."""
 
     max_line_bytes: int = 1 << 20
     queue_max: int = 1024
@@ -35,7 +37,7 @@ class Limits:
     burst: int = 1000
     first_message_s: float = 10.0
     max_clients: int = 64
-
+    max_clients_per_uid: int = 0  # 0: no limit
 
 MERGE_LIMIT = 64 * 1024  # characters: a merged delta never grows past this, so lines stay far below the limit
 
@@ -53,6 +55,8 @@ class Connection:
         self.writer = writer
         self.peer = peer
         self.name = f"client-{self.id}"
+        self.role = ""  # from hello; "" until the client said hello
+        self.greeted = False
         self.subscriptions: set[str] = set()
         self.inflight: set[str] = set()
         self.closed = False
@@ -96,16 +100,31 @@ class Connection:
         return True
 
     async def write_loop(self) -> None:
+        """Write what is queued. Any failure closes this connection, loudly when it is not the peer
+        going away: a writer that died silently would leave the client waiting forever."""
         try:
             while not self.closed:
                 await self._wake.wait()
                 self._wake.clear()
                 while self._outbox:
-                    batch = b"".join(codec.encode(m) for m in self._drain())
+                    batch = b"".join(self._encode(m) for m in self._drain())
                     self.writer.write(batch)
                     await self.writer.drain()
         except (ConnectionError, OSError):
             self.close()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - never a silent, wedged connection
+            log.exception("%s: the writer failed; closing the connection", self.name)
+            self.close()
+
+    def _encode(self, msg: Message) -> bytes:
+        try:
+            return codec.encode(msg)
+        except (ValueError, TypeError) as exc:  # UnicodeEncodeError (a lone surrogate) is a ValueError
+            log.error("%s: cannot send %s (%s); closing the connection (a bug in edgebotd: please report it)",
+                      self.name, msg.TYPE, exc)
+            raise
 
     def _drain(self) -> list[Message]:
         items = list(self._outbox)
@@ -135,8 +154,7 @@ class Hub:
                  on_disconnect: Callable[[Connection], None] = lambda c: None) -> None:
         self.handler = handler
         self.limits = limits
-        self.allowed_users = allowed_users
-        self.allowed_groups = allowed_groups
+        self.allow = AllowList(allowed_users, allowed_groups)
         self.on_disconnect = on_disconnect
         self.connections: set[Connection] = set()
         self._server: Optional[asyncio.AbstractServer] = None
@@ -160,16 +178,23 @@ class Hub:
         self._guard = asyncio.create_task(self._guard_path(path))
 
     async def _bind(self, path: str) -> None:
+        """Bind ``path`` with mode 0660 (from the umask at bind time, never a chmod of the path) and
+        give it group ``edgebot`` with ``lchown``, which never follows a symlink: in a directory
+        another user could write, the path may be swapped for a link between bind and chown."""
         prepare_socket_path(path)
         old_umask = os.umask(0o117)
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=path,
-                                                           limit=self.limits.max_line_bytes + 1)
+            server = await asyncio.start_unix_server(self._serve, path=path, limit=self.limits.max_line_bytes + 1)
         finally:
             os.umask(old_umask)
-        os.chmod(path, 0o660)
+        st = os.lstat(path)
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
+            server.close()
+            raise OSError(f"{path} was replaced right after it was bound (now not our socket); "
+                          f"check who else can write {os.path.dirname(path)}")
+        self._server = server
         _chgrp_edgebot(path)
-        self._inode = os.stat(path).st_ino
+        self._inode = st.st_ino
         self.path = path
         self._owns_path = True
 
@@ -235,7 +260,7 @@ class Hub:
         peer = read_peercred(writer.get_extra_info("socket"))
         conn = Connection(self, reader, writer, peer)
         writer_task = asyncio.create_task(conn.write_loop())
-        if not peer_allowed(peer, self.allowed_users, self.allowed_groups):
+        if not self.allow.allows(peer):
             log.warning("refused bus client uid=%d gid=%d pid=%d", peer.uid, peer.gid, peer.pid)
             conn.send(Error("forbidden", f"uid {peer.uid} is not allowed on this bus; add the user to the "
                                          f"'edgebot' group or to [bus] allowed_users"))
@@ -243,9 +268,10 @@ class Hub:
             conn.close()
             await writer_task
             return
-        if len(self.connections) >= self.limits.max_clients:
-            log.warning("refused bus client pid=%d: %d clients already", peer.pid, len(self.connections))
-            conn.send(Error("busy", f"edgebotd already serves {len(self.connections)} clients ([bus] max_clients)"))
+        refusal = self._admit(peer)
+        if refusal:
+            log.warning("refused bus client uid=%d pid=%d: %s", peer.uid, peer.pid, refusal)
+            conn.send(Error("busy", refusal))
             await conn.flush()
             conn.close()
             await writer_task
@@ -259,6 +285,26 @@ class Hub:
             conn.close()
             self.on_disconnect(conn)
             writer_task.cancel()
+
+    def _admit(self, peer: PeerCred) -> str:
+        """Room for one more client of ``peer``? "" when yes, else why not. At most
+        ``max_clients_per_uid`` per uid (root and edgebotd's own user, the bridges', are exempt); when
+        the hub is full the oldest connection that never said hello gives way."""
+        per_uid = self.limits.max_clients_per_uid
+        if per_uid and peer.uid not in (0, os.getuid()):
+            mine = sum(1 for c in self.connections if c.peer.uid == peer.uid)
+            if mine >= per_uid:
+                return (f"uid {peer.uid} already has {mine} connections to edgebotd ([bus] max_clients_per_uid); "
+                        f"close some")
+        if len(self.connections) >= self.limits.max_clients:
+            silent = min((c for c in self.connections if not c.greeted), key=lambda c: c.id, default=None)
+            if silent is None:
+                return f"edgebotd already serves {len(self.connections)} clients ([bus] max_clients)"
+            log.warning("%s never said hello; closing it to make room for a new client", silent.name)
+            silent.send(Error("busy", "closing this connection: the bus is full and it never said hello"))
+            self.connections.discard(silent)
+            asyncio.get_running_loop().call_later(0.2, silent.close)
+        return ""
 
     async def _read_loop(self, conn: Connection) -> None:
         first = True
@@ -291,6 +337,8 @@ class Hub:
             except codec.ProtocolError as exc:
                 conn.send(Error(exc.code, exc.message, exc.msg_id))
                 continue
+            if isinstance(msg, Hello):
+                conn.greeted, conn.role = True, msg.role
             try:
                 await self.handler(conn, msg)
             except Exception as exc:  # noqa: BLE001 - a handler bug must not take the bus down
@@ -299,9 +347,12 @@ class Hub:
 
 
 def prepare_socket_path(path: str) -> None:
-    """Create the socket's directory; remove a stale socket, refuse a live one or a non-socket."""
+    """Create the socket's directory and check that only we (or root) control it
+    (:func:`sockdir.check_socket_dir`); remove a stale socket, refuse a live one or a non-socket."""
     directory = os.path.dirname(path) or "."
+    check_socket_dir(path)  # before creating anything inside a directory someone else controls
     os.makedirs(directory, mode=0o755, exist_ok=True)
+    check_socket_dir(path)
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
@@ -326,7 +377,7 @@ def _chgrp_edgebot(path: str) -> None:
         import grp
 
         gid = grp.getgrnam("edgebot").gr_gid
-        os.chown(path, -1, gid)
+        os.chown(path, -1, gid, follow_symlinks=False)  # lchown: a link swapped in is changed, not its target
     except (KeyError, PermissionError, OSError):
         pass
 

@@ -246,7 +246,9 @@ class StatusReport(Message):
     error: str = ""
     """Why the model failed to load or the engine stopped (empty while all is well)."""
     voice_latency: dict[str, Any] = field(default_factory=dict)
-    """The last ``voice-latency`` report (empty before the first voice turn)."""
+    """The last ``voice-latency`` report (empty before the first voice turn; strings cut to 128/256 characters)."""
+    speaking: list[dict[str, Any]] = field(default_factory=list)
+    """What speech-out is speaking: ``[{id, client, since_s}]``; a start ends after ``[bus] speaking_max_s``."""
     actions: dict[str, Any] = field(default_factory=dict)
     """``{enabled, declared: [{name, description, parameters, port, confirm, rate_limit, ...}]}``."""
 

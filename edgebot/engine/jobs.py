@@ -89,6 +89,7 @@ class EngineSettings:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     queue_max: int = 8
     session_idle_s: float = 900.0
+    max_sessions: int = 64
     answer_reserve: int = 512
     persona: str = ""
     stall_s: float = 0.0  # seconds without a token in a running job before alive() is False; 0 = never

@@ -39,7 +39,7 @@ class Engine:
         self.on_state = on_state
         self.state = "starting"  # starting | loading | ready | failed | stopped
         self.error = ""
-        self.sessions = SessionStore(settings.session_idle_s)
+        self.sessions = SessionStore(settings.session_idle_s, max_sessions=settings.max_sessions)
         self.last_tokens_per_s: Optional[float] = None
         self._queue: list[tuple[int, int, Job]] = []
         self._seq = itertools.count()

@@ -19,21 +19,30 @@ class Session:
     trimmed_turns: int = 0
 
 
+MAX_NAME_BYTES = 128
+"""Longest session name (UTF-8 bytes); the doors (bus, HTTP) refuse longer ones."""
+
+
 class SessionStore:
-    """Sessions by name; a session idle longer than ``idle_s`` seconds is forgotten.
+    """Sessions by name; a session idle longer than ``idle_s`` seconds is forgotten, and at most
+    ``max_sessions`` are kept (a new one beyond that replaces the least recently used).
 
     ``clock`` returns seconds (``time.monotonic`` unless a test gives its own).
     """
 
-    def __init__(self, idle_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, idle_s: float, clock: Callable[[], float] = time.monotonic, max_sessions: int = 64) -> None:
         self.idle_s = idle_s
         self.clock = clock
+        self.max_sessions = max_sessions
         self._sessions: dict[str, Session] = {}
 
     def get(self, name: str) -> Session:
         self.expire()
         session = self._sessions.get(name)
         if session is None:
+            while len(self._sessions) >= max(1, self.max_sessions):
+                oldest = min(self._sessions.values(), key=lambda s: s.last_used)
+                del self._sessions[oldest.name]
             session = self._sessions[name] = Session(name, last_used=self.clock())
         session.last_used = self.clock()
         return session

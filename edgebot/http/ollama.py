@@ -4,7 +4,7 @@ Ollama server (Open WebUI's Ollama connection, Home Assistant's Ollama integrati
 Python client, editor plug-ins) work against the board.
 
 A thin translator: a request is rewritten into the OpenAI chat body that :func:`edgebot.http.chat.parse_chat`
-validates (one set of rules for both APIs), run through :meth:`HttpApi.open_stream` like ``/v1``,
+validates on the check thread (one set of rules for both APIs), run through :meth:`HttpApi.open_stream`,
 and the engine's events are shaped as Ollama's messages. Errors are Ollama's ``{"error": "..."}``.
 Model management (pull, push, create, copy, delete) is refused with a message saying how models
 are managed here.
@@ -25,7 +25,7 @@ from aiohttp import web
 
 from edgebot.engine.jobs import JobDelta, JobEnded
 from edgebot.http import tools as fc
-from edgebot.http.chat import ApiError, bad, parse_chat
+from edgebot.http.chat import ApiError, bad
 
 if TYPE_CHECKING:
     from edgebot.http.server import HttpApi
@@ -141,6 +141,14 @@ def _gguf_details(path: str, size: int, mtime: float) -> dict[str, Any]:
             "parameter_size": label if isinstance(label, str) else "", "quantization_level": quant[0] if quant else ""}
 
 
+class _Loaded(Exception):
+    """An empty chat/generate: Ollama's request to load (or, with keep_alive 0, unload) the model."""
+
+    def __init__(self, unload: bool) -> None:
+        super().__init__("load" if not unload else "unload")
+        self.unload = unload
+
+
 class OllamaApi:
     """The ``/api/*`` routes of one :class:`HttpApi`."""
 
@@ -223,21 +231,26 @@ class OllamaApi:
         return await self._answer(request, "generate")
 
     async def _answer(self, request: web.Request, kind: str) -> web.StreamResponse:
-        body = await self.api.read_json(request)
-        if not isinstance(body, dict):
-            raise bad("the body must be a JSON object")
-        self.check_model(body.get("model"))
-        keep_alive = body.get("keep_alive")  # accepted: the model always stays loaded
-        empty = (kind == "chat" and body.get("messages") in (None, [])) or (kind == "generate" and not body.get("prompt"))
-        if empty:  # Ollama's "load the model" / "unload it" request
-            reason = "unload" if keep_alive in (0, "0", "0s") else "load"
+        seen: dict[str, Any] = {}
+
+        def prepare(body: Any) -> dict[str, Any]:
+            """On the check thread: the Ollama body as the OpenAI body ``parse_chat`` validates."""
+            if not isinstance(body, dict):
+                raise bad("the body must be a JSON object")
+            self.check_model(body.get("model"))
+            seen["think"] = _think(body)
+            if (kind == "chat" and body.get("messages") in (None, [])) or (kind == "generate" and not body.get("prompt")):
+                raise _Loaded(body.get("keep_alive") in (0, "0", "0s"))  # Ollama's "load" / "unload" request
+            return to_openai(body, kind)  # keep_alive is accepted: the model always stays loaded
+
+        try:
+            req = await self.api.checked(request, prepare)
+        except _Loaded as done:
             head = {"model": self.name, "created_at": now_iso()}
             msg = {"message": {"role": "assistant", "content": ""}} if kind == "chat" else {"response": ""}
-            return web.json_response({**head, **msg, "done": True, "done_reason": reason})
-        think = _think(body)
-        req = parse_chat(to_openai(body, kind), self.api.max_prompt_chars, self.api.config.get("llm", "n_ctx"))
+            return web.json_response({**head, **msg, "done": True, "done_reason": "unload" if done.unload else "load"})
         started = time.monotonic()
-        stream = await self.api.open_stream(req, show_think=think, id_prefix="ollama")
+        stream = await self.api.open_stream(req, show_think=seen["think"], id_prefix="ollama")
         try:
             calls = fc.CallStream() if req.tools is not None else None
             if req.stream:

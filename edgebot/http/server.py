@@ -3,22 +3,27 @@ server-sent events), ``GET /v1/models``, ``GET /health``.
 
 Every request becomes one engine ``Job`` on the same queue as the bus's asks (source ``http``:
 its priority and think budget come from ``[engine] priorities`` and ``[llm] think_budget``); there
-is no second model and no thread pool here. Engine events arrive from the worker thread through
+is no second model here. Engine events arrive from the worker thread through
 ``loop.call_soon_threadsafe`` into a per-request queue. A client that goes away cancels its job:
 aiohttp cancels the handler (``handler_cancellation``), and the handler's ``finally`` cancels the
 job whether it was queued or running.
+
+The event loop is shared with the bus and the watchdog, so it does no CPU-heavy work: decoding and
+validating a request body and checking its JSON schema's grammar run on one "edgebot-http-check"
+thread, within CHECK_S. Before that, the middleware applies the doors of ``edgebot.http.doors``
+(Host, Origin, Content-Type, token, connection cap), and the body must arrive within
+``[http] body_timeout_s`` with at most ``[http] max_request_bodies`` arriving at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
-import ipaddress
 import json
 import logging
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional
 
@@ -29,20 +34,17 @@ from edgebot.engine.jobs import EngineBusy, EngineEvent, EngineNotReady, Job, Jo
 from edgebot.engine.scheduler import Engine
 from edgebot.http import tools as fc
 from edgebot.http.chat import DONE, FINISH, ApiError, ChatRequest, bad, chunk, completion, parse_chat, sse_error
+from edgebot.http.doors import (ConnectionCap, check_host, check_json_type, check_origin, is_loopback,
+                                refuse_preflight, token_ok)
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_S = 1.0
 """How long closing the server waits for running requests (seconds); the engine has ended them by then."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+CHECK_S = 10.0
+"""Longest a request may wait for and take in the check thread (seconds) before it is answered 503."""
+LINGER_S = 1.0
+"""How long aiohttp goes on reading a body the answer did not need before closing (seconds)."""
 
 
 def config_problem(config: Config) -> Optional[str]:
@@ -61,8 +63,11 @@ def _json(status: int, body: Any, headers: Optional[dict[str, str]] = None) -> w
 
 def _error_response(err: ApiError, ollama: bool = False) -> web.Response:
     """OpenAI's ``{"error": {message, type, param, code}}``, or Ollama's ``{"error": message}`` under /api/."""
-    headers = {"Retry-After": "1"} if err.status == 429 else None
-    return _json(err.status, {"error": err.message} if ollama else err.body(), headers)
+    headers = {"Retry-After": "1"} if err.status in (429, 503) else None
+    resp = _json(err.status, {"error": err.message} if ollama else err.body(), headers)
+    if err.status in (408, 413):
+        resp.force_close()  # the rest of the body is not wanted
+    return resp
 
 
 def _ended_error(ev: JobEnded) -> ApiError:
@@ -115,8 +120,14 @@ class HttpApi:
         self.model_id = http["model_name"] or (llm["remote_model"] if llm["backend"] == "remote" and
                                                llm["remote_model"] else Path(llm["model"]).stem)
         self.created = int(time.time())
-        self.tools_supported = True
+        self.tools_supported = True  # function calling (edgebot/http/tools.py), shown by /api/show
+        self.check_hosts = is_loopback(self.host)  # DNS rebinding matters only where the API is loopback-only
         self._runner: Optional[web.AppRunner] = None
+        self._server: Optional[asyncio.AbstractServer] = None
+        self._cap: Optional[ConnectionCap] = None
+        self._bodies = 0  # request bodies being received now
+        self._evictions = 0  # connections closed to make room for new ones
+        self._checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgebot-http-check")
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -131,11 +142,20 @@ class HttpApi:
         return app
 
     async def start(self) -> None:
-        """Bind and serve; raises OSError when the address cannot be bound."""
-        runner = web.AppRunner(self.app(), handler_cancellation=True, shutdown_timeout=SHUTDOWN_S, access_log=None)
+        """Bind and serve; raises OSError when the address cannot be bound.
+
+        Not ``web.TCPSite``: the listening socket's protocol factory is wrapped in the connection cap.
+        aiohttp's keep-alive timer starts when a connection opens and closes it if no complete
+        request headers arrived by then: that is ``[http] header_timeout_s``."""
+        http = self.config.section("http")
+        runner = web.AppRunner(self.app(), handler_cancellation=True, shutdown_timeout=SHUTDOWN_S, access_log=None,
+                               keepalive_timeout=http["header_timeout_s"], lingering_time=LINGER_S)
         await runner.setup()
+        assert runner.server is not None
+        self._cap = ConnectionCap(runner.server, http["max_connections"], self._evicted)
         try:
-            await web.TCPSite(runner, self.host, self.port).start()
+            self._server = await asyncio.get_running_loop().create_server(self._cap, self.host, self.port,
+                                                                          reuse_address=True)
         except OSError:
             await runner.cleanup()
             raise
@@ -143,22 +163,31 @@ class HttpApi:
         log.info("HTTP API on http://%s:%d/v1 (%s)", self.host, self.port,
                  "bearer token required" if self.token else "no token")
 
+    def _evicted(self) -> None:
+        """Log the first connection closed for room and then every 100th, not each of a flood."""
+        self._evictions += 1
+        if self._evictions % 100 == 1:
+            log.warning("HTTP: [http] max_connections (%d) reached; closing the oldest idle connection to make room "
+                        "(%d so far)", self.config.get("http", "max_connections"), self._evictions)
+
     async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self._checker.shutdown(wait=False, cancel_futures=True)
 
     # -- middleware: errors and the token ----------------------------------------------------------
 
     @web.middleware
     async def _errors(self, request: web.Request,
                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        busy = self._cap.busy if self._cap is not None else set()
+        busy.add(request.protocol)
         try:
-            if self.token and request.path != "/health":
-                given = request.headers.get("Authorization", "")
-                if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].strip().encode(), self.token):
-                    raise ApiError(401, "missing or wrong API key (send Authorization: Bearer <[http] token>)",
-                                   "invalid_request_error", "invalid_api_key")
+            self._doors(request)
             return await handler(request)
         except ApiError as err:
             return _error_response(err, request.path.startswith("/api/"))
@@ -170,6 +199,23 @@ class HttpApi:
             return _error_response(ApiError(exc.status, f"{request.method} {request.path}: {exc.reason}",
                                             "invalid_request_error", "not_found" if exc.status == 404 else None),
                                    request.path.startswith("/api/"))
+        finally:
+            busy.discard(request.protocol)
+
+    def _doors(self, request: web.Request) -> None:
+        """Raise ApiError unless this request may be served at all (see ``edgebot.http.doors``)."""
+        if request.method == "OPTIONS":
+            raise refuse_preflight()
+        http = self.config.section("http")
+        if self.check_hosts:
+            check_host(request.headers.get("Host"), http["allowed_hosts"])
+        check_origin(request.headers.get("Origin"), http["allowed_origins"])
+        if self.token and request.path != "/health" and not token_ok(request.headers.get("Authorization", ""),
+                                                                      self.token):
+            raise ApiError(401, "missing or wrong API key (send Authorization: Bearer <[http] token>)",
+                           "invalid_request_error", "invalid_api_key")
+        if request.method == "POST":
+            check_json_type(request.content_type)
 
     def _too_large(self) -> ApiError:
         return ApiError(413, f"the request body is larger than {self.max_body} bytes ([http] max_body_bytes)",
@@ -188,15 +234,71 @@ class HttpApi:
         return _json(200, {"object": "list", "data": [{"id": self.model_id, "object": "model",
                                                        "created": self.created, "owned_by": "edgebot"}]})
 
-    async def read_json(self, request: web.Request) -> Any:
-        """The request body as JSON; 413 over ``[http] max_body_bytes``, 400 when it is not JSON."""
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The body, within ``[http] body_timeout_s``, while at most ``max_request_bodies`` are read at once."""
+        http = self.config.section("http")
         if request.content_length is not None and request.content_length > self.max_body:
             raise self._too_large()
-        raw = await request.read()
+        if self._bodies >= http["max_request_bodies"]:
+            raise ApiError(503, f"{self._bodies} request bodies are arriving already ([http] max_request_bodies); "
+                                f"try again shortly", "server_error", "overloaded")
+        self._bodies += 1
+        try:
+            return await asyncio.wait_for(request.read(), http["body_timeout_s"])
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {http['body_timeout_s']:g} s "
+                                f"([http] body_timeout_s)", "invalid_request_error", "timeout") from None
+        finally:
+            self._bodies -= 1
+
+    async def read_json(self, request: web.Request) -> Any:
+        """A small request body as JSON (``/api/show``); 413/408/503 as for any body, 400 when not JSON."""
+        raw = await self._read_body(request)
         try:
             return json.loads(raw)
+        except RecursionError:
+            raise bad("the body is nested too deeply") from None
         except ValueError as exc:
             raise bad(f"the body is not valid JSON: {exc}") from None
+
+    def _check(self, raw: bytes, prepare: Optional[Callable[[Any], Any]] = None) -> ChatRequest:
+        """Decode and validate a body, and check its schema's grammar (on the check thread: CPU-bound).
+        ``prepare`` turns another API's decoded body into the OpenAI body first (Ollama's)."""
+        try:
+            body = json.loads(raw)
+        except RecursionError:
+            raise bad("the body is nested too deeply to be a chat request") from None
+        except ValueError as exc:
+            raise bad(f"the body is not valid JSON: {exc}") from None
+        if prepare is not None:
+            body = prepare(body)
+        http = self.config.section("http")
+        req = parse_chat(body, self.max_prompt_chars, self.config.get("llm", "n_ctx"), http["max_messages"])
+        if req.json_schema is not None:
+            what, param = ("tools[].function.parameters", "tools") if req.tools is not None else \
+                ("response_format.json_schema.schema", "response_format")
+            try:
+                self.engine.backend.check_grammar(req.json_schema)
+            except (ValueError, RecursionError) as exc:
+                raise bad(f"{what} cannot be used: {str(exc)[:500]}", param, "schema_unsupported") from None
+        return req
+
+    async def checked(self, request: web.Request, prepare: Optional[Callable[[Any], Any]] = None) -> ChatRequest:
+        """Read the body and validate it on the check thread (at most ``CHECK_S`` seconds)."""
+        raw = await self._read_body(request)
+        checking = self._checker.submit(self._check, raw, prepare)
+        try:
+            req = await asyncio.wait_for(asyncio.wrap_future(checking), CHECK_S)
+        except asyncio.TimeoutError:
+            if checking.running():  # stuck in this request's own check: later requests get a fresh thread
+                self._checker.shutdown(wait=False, cancel_futures=False)
+                self._checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgebot-http-check")
+                log.error("HTTP: a request's check ran over %g s; its thread is abandoned (it may go on using CPU; "
+                          "restart edgebotd if this repeats)", CHECK_S)
+            raise ApiError(503, f"checking the request took more than {CHECK_S:g} s (other requests may be "
+                                f"waiting to be checked); try again, or send a simpler JSON schema",
+                           "server_error", "overloaded") from None
+        return req
 
     def ended_error(self, ev: JobEnded) -> ApiError:
         """An ended job that produced no answer, as the HTTP error to report."""
@@ -225,7 +327,7 @@ class HttpApi:
         return stream
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        req = parse_chat(await self.read_json(request), self.max_prompt_chars, self.config.get("llm", "n_ctx"))
+        req = await self.checked(request)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[EngineEvent] = asyncio.Queue()
         job = self._job(req, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))

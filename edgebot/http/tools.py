@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from edgebot.actions import tools as contract
+from edgebot.engine.schema_limits import SchemaLimitError, check_schema
 from edgebot.http.chat import ApiError, bad
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -65,16 +66,6 @@ class ToolPlan:
         return contract.offer_text(self.offered, question, HEADING, plain=self.choice == "auto")
 
 
-def _check_grammar(schema: dict[str, Any], where: str) -> None:
-    """400 unless llama.cpp can build a grammar from ``schema``."""
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-    try:
-        json_schema_to_gbnf(json.dumps(schema))
-    except Exception as exc:  # noqa: BLE001 - the converter raises assorted types
-        raise bad(f"{where} is not supported: {exc}", "tools") from None
-
-
 def parse_tools(tools: Any, choice: Any) -> Optional[ToolPlan]:
     """Validate ``tools`` (OpenAI and Ollama share the shape) and ``tool_choice``; None without tools."""
     if tools in (None, []):
@@ -109,8 +100,11 @@ def parse_tools(tools: Any, choice: Any) -> Optional[ToolPlan]:
     else:
         raise bad("tool_choice must be auto, none, required or {\"type\": \"function\", \"function\": {\"name\": "
                   "one of the tools}}", "tool_choice")
-    if plan.offered:
-        _check_grammar(contract.answer_schema(plan.offered), "tools[].function.parameters")
+    if plan.offered:  # the bounds here; the grammar itself is built on the HTTP check thread (server.py)
+        try:
+            check_schema(contract.answer_schema(plan.offered))
+        except SchemaLimitError as exc:
+            raise bad(f"tools[].function.parameters ask too much: {exc}", "tools", "schema_too_complex") from None
     return plan
 
 

@@ -49,7 +49,7 @@ class MqttBridge(Bridge):
     """An MQTT broker <-> the bus."""
 
     client_name = "edgebot-mqtt"
-    role = "bridge"
+    role = "mqtt"  # an action runner: it is sent action-run and may answer action-result (edgebot.policy)
     subscriptions = ("action-run",)
 
     def __init__(self, settings: MqttSettings) -> None:

@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence
 import edgebot
 from edgebot.bridges.serial import protocol as sp
 from edgebot.bridges.serial.actions import ActionCaller, Call, Done
+from edgebot.bridges.serial.flood import FloodGate
 from edgebot.bridges.serial.pacing import AnswerSender
 from edgebot.bridges.serial.port import PortUnavailable, SerialLink, open_serial
 from edgebot.bridges.supervisor import Bridge, BusLink, base_parser, bridge_main
@@ -93,7 +94,7 @@ class SerialBridge(Bridge):
     """The serial port <-> the bus."""
 
     client_name = "edgebot-serial"
-    role = "bridge"
+    role = "serial"  # the role that is sent action-run and may answer action-result (edgebot.policy)
     subscriptions = ("action-run",)
 
     def __init__(self, settings: PortSettings) -> None:
@@ -112,6 +113,7 @@ class SerialBridge(Bridge):
         self.says: deque[tuple[str, int]] = deque(maxlen=64)
         self._ids = itertools.count(1)
         self.caller = ActionCaller(settings.timeout_s)
+        self.gate = FloodGate(settings.port)  # per-port rate limits on what the board makes us send
         self._inbox: deque[bytes] = deque()
         self._lost: Optional[str] = None
         self._wake = asyncio.Event()
@@ -200,7 +202,9 @@ class SerialBridge(Bridge):
             self.port.write(line, droppable)
 
     def _err(self, ident: int, code: str, text: str = "") -> None:
-        log.info("%s: ERR %d %s %s", self.s.port, ident, code, text)
+        if not self.gate.allow("reply"):
+            return
+        log.debug("%s: ERR %d %s %s", self.s.port, ident, code, text)
         self._write(sp.format_error(ident, code, text, self.rx or sp.DEFAULT_RX_BYTES), droppable=True)
 
     async def _greet(self, why: str) -> None:
@@ -216,6 +220,8 @@ class SerialBridge(Bridge):
                 log.debug("%s: before HELLO, ignored %s: %s", self.s.port, ev.code, ev.detail)
             return
         if isinstance(ev, sp.McuHello):
+            if not self.gate.allow("hello"):
+                return
             if self.active is not None or self.caller.busy:  # the board restarted and forgot its question
                 await self._port_gone()
             self.firmware, self.rx = ev.firmware, ev.rx
@@ -226,7 +232,8 @@ class SerialBridge(Bridge):
         if not self.greeted:  # the board did not reset on open: it is talking, so it is up
             await self._greet("board is talking without HELLO")
         if isinstance(ev, sp.PingMcu):
-            self._write(sp.format_ping(ev.id))
+            if self.gate.allow("ping"):
+                self._write(sp.format_ping(ev.id), droppable=True)
         elif isinstance(ev, sp.Question):
             await self._question(ev)
         elif isinstance(ev, sp.ChunkAck):
@@ -250,6 +257,9 @@ class SerialBridge(Bridge):
             if q.bus_open and not await self._bus_cancel(q):
                 q.sender.end("cancelled")
         elif isinstance(ev, sp.SayText):
+            if not self.gate.allow("say"):
+                self._err(ev.id, "busy", "too many S lines; slow down")
+                return
             bus_id = f"{self.source}:say:{ev.id}:{os.getpid()}.{next(self._ids)}"
             if self.link is None or not await self.link.send(m.Say(text=ev.text, id=bus_id)):
                 self._err(ev.id, "busy", "edgebotd is not reachable")

@@ -118,7 +118,10 @@ class SpeechOut(Bridge):
             if utt is not None:
                 self._queue_sentences(utt, utt.cutter.flush(), end=True)
         elif isinstance(msg, m.Say):
-            utt = self._begin(msg.id or next(self.say_ids), None)
+            utt_id = msg.id or next(self.say_ids)
+            if utt_id in self.active:  # never replace an utterance in progress: it would wait forever
+                utt_id = f"{utt_id}~{next(self.say_ids)}"
+            utt = self._begin(utt_id, None)
             self.utts.pop(utt.id, None)
             self._queue_sentences(utt, utt.cutter.feed(msg.text) + utt.cutter.flush(), end=True)
         elif isinstance(msg, m.Cancel):
@@ -148,14 +151,30 @@ class SpeechOut(Bridge):
     def _cancel(self, msg: m.Cancel) -> None:
         for utt in list(self.active.values()):
             if (msg.id is not None and utt.id == msg.id) or (msg.session is not None and utt.session == msg.session):
-                with self.cond:
-                    utt.cancelled = True
-                    utt.texts.clear()
-                    self.cond.notify()
-                self.utts.pop(utt.id, None)
-                self.active.pop(utt.id, None)
-                if self.player.drop(utt.id):
-                    log.info("cancelled %s: speech stopped", utt.id)
+                self._drop(utt)
+                log.info("cancelled %s: speech stopped", utt.id)
+
+    def _drop(self, utt: Utterance) -> None:
+        """Stop ``utt`` now: its queued sentences, its sound, and its place in the order."""
+        with self.cond:
+            utt.cancelled = True
+            utt.texts.clear()
+            self.cond.notify()
+        self.utts.pop(utt.id, None)
+        self.active.pop(utt.id, None)
+        self.player.drop(utt.id)
+
+    async def on_disconnected(self) -> None:
+        """The bus went away (edgebotd restarted or died): the answers being streamed will never end
+        and ids mean nothing to a new edgebotd. Stop the sound and forget every utterance, so the
+        next answer or ``say`` after reconnecting is spoken at once."""
+        dropped = list(self.active.values())
+        for utt in dropped:
+            self._drop(utt)
+        self.utts.clear()
+        self.heard.clear()
+        if dropped:
+            log.warning("bus lost: stopped speaking %s", ", ".join(u.id for u in dropped))
 
     async def close(self) -> None:
         with self.cond:

@@ -11,9 +11,11 @@ import codecs
 import logging
 import os
 import random
+import re
 import threading
+import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from edgebot.engine.backend import (Backend, BackendInfo, GenerationResult, ModelError, PieceCallback,
                                     PreparedPrompt, SamplingParams)
@@ -25,6 +27,17 @@ log = logging.getLogger(__name__)
 FAULT_STALL_ENV = "EDGEBOT_FAULT_STALL_GENERATE"
 """Fault-injection hook for tests/hostile: set to 1, every answer blocks forever in ``generate``
 (never yields a token, never checks cancel), to prove the watchdog ping stops. Off unless set."""
+
+GRAMMAR_STEP_S = 5.0
+"""Longest one grammar-constrained sampling step may take (seconds) before the answer ends with an
+error. The schema bounds keep a step to milliseconds; this is the backstop for what they miss."""
+MAX_GRAMMAR_CHARS = 65536
+"""Largest grammar (characters of GBNF) built from a JSON schema (the bounded schemas make a few KB)."""
+GBNF_ESCAPES = set("xuUtrn\\\"[]")
+"""The escapes llama.cpp's grammar parser knows. On a parse error it prints the whole grammar to stderr
+itself (not through its log callback): ~120 KB per request for ``maxLength: 15000``. The schema
+bounds keep grammars small, and the converter's known way of writing one llama.cpp refuses (regex
+escapes such as ``\\d`` copied into a literal) is caught before llama.cpp sees it."""
 
 GET_MODEL = ("Get the model with `deploy/get-model.sh` (DeepSeek-R1-Distill-Qwen-1.5B Q4_K_M GGUF) "
              "or set [llm] model / --model to a GGUF file.")
@@ -67,6 +80,17 @@ def token_piece(vocab: object, token: int, special: bool = False) -> bytes:
     return buf.raw[:max(n, 0)]
 
 
+def _unknown_escape(gbnf: str) -> str:
+    """The first escape in ``gbnf`` that llama.cpp's parser would refuse (e.g. ``\\d`` copied from a
+    pattern), or ""."""
+    i = gbnf.find("\\")
+    while i >= 0:
+        if gbnf[i + 1:i + 2] not in GBNF_ESCAPES:
+            return gbnf[i:i + 2]
+        i = gbnf.find("\\", i + 2)
+    return ""
+
+
 class LlamaBackend(Backend):
     """One ``llama_cpp.Llama``; every method but ``load``/``info`` runs on the engine thread."""
 
@@ -80,7 +104,10 @@ class LlamaBackend(Backend):
         self.use_mlock = use_mlock
         self._llm = None  # llama_cpp.Llama once loaded
         self._special: dict[str, int] = {}  # text of every control / user-defined token
+        self._special_re: Optional[re.Pattern[str]] = None  # any of them, longest first
+        self._spelled: dict[str, list[int]] = {}  # a special token's text as plain-character tokens
         self._template: Optional[str] = None
+        self._closing = threading.Lock()  # a grammar check on another thread never races the model's release
         self._bos_text = ""
         self._eos_text = ""
 
@@ -105,6 +132,8 @@ class LlamaBackend(Backend):
                 text = token_piece(model.vocab, tok, special=True).decode("utf-8", "replace")
                 if len(text) > 1:
                     self._special[text] = tok
+        if self._special:
+            self._special_re = re.compile("|".join(re.escape(t) for t in sorted(self._special, key=len, reverse=True)))
         self._template = llm.metadata.get("tokenizer.chat_template")
         self._bos_text = model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else ""
         self._eos_text = model.token_get_text(model.token_eos()) if model.token_eos() >= 0 else ""
@@ -115,9 +144,10 @@ class LlamaBackend(Backend):
         return BackendInfo(name="llama.cpp", model=self.model_path, n_ctx=self.n_ctx)
 
     def close(self) -> None:
-        if self._llm is not None:
-            self._llm.close()
-            self._llm = None
+        with self._closing:
+            if self._llm is not None:
+                self._llm.close()
+                self._llm = None
 
     # -- prompts -----------------------------------------------------------------------------
 
@@ -126,22 +156,27 @@ class LlamaBackend(Backend):
 
         llama.cpp matches user-defined tokens (``<｜User｜>``, ``<think>`` in R1 models) even with
         ``special=False``, so every occurrence of a special token's text is tokenized one
-        character at a time.
+        character at a time. One left-to-right scan (the longest special text wins where several
+        start), so the time is linear in the text: 1 MiB of ``<think>`` once took 52 s here.
         """
-        assert self._llm is not None
+        llm = self._llm
+        assert llm is not None
+        if self._special_re is None:
+            return llm.tokenize(text.encode(), add_bos=False, special=False) if text else []
         tokens: list[int] = []
-        rest = text
-        while rest:
-            hits = [(rest.find(s), s) for s in self._special if s in rest]
-            if not hits:
-                tokens += self._llm.tokenize(rest.encode(), add_bos=False, special=False)
-                break
-            idx, special = min(hits, key=lambda h: (h[0], -len(h[1])))
-            if idx:
-                tokens += self._llm.tokenize(rest[:idx].encode(), add_bos=False, special=False)
-            for ch in special:
-                tokens += self._llm.tokenize(ch.encode(), add_bos=False, special=False)
-            rest = rest[idx + len(special):]
+        pos = 0
+        for match in self._special_re.finditer(text):
+            if match.start() > pos:
+                tokens += llm.tokenize(text[pos:match.start()].encode(), add_bos=False, special=False)
+            special = match.group()
+            spelled = self._spelled.get(special)
+            if spelled is None:
+                spelled = [t for ch in special for t in llm.tokenize(ch.encode(), add_bos=False, special=False)]
+                self._spelled[special] = spelled
+            tokens += spelled
+            pos = match.end()
+        if pos < len(text):
+            tokens += llm.tokenize(text[pos:].encode(), add_bos=False, special=False)
         return tokens
 
     def prepare(self, turns: list[Turn], question: Optional[str], persona: str = "") -> PreparedPrompt:
@@ -203,6 +238,41 @@ class LlamaBackend(Backend):
 
     # -- generation --------------------------------------------------------------------------
 
+    def _grammar(self, json_schema: str) -> Any:
+        """A ``LlamaGrammar`` for ``json_schema``, built only within the schema bounds and checked by
+        llama.cpp's own parser. Raises ValueError (SchemaLimitError for a bound) naming the problem."""
+        super().check_grammar(json_schema)  # the bounds, before anything is built
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        try:
+            grammar = LlamaGrammar.from_json_schema(json_schema, verbose=False)
+        except Exception as exc:  # noqa: BLE001 - the converter raises assorted types on odd schemas
+            raise ValueError(f"the JSON schema cannot be turned into a grammar: {str(exc)[:300]}") from None
+        if len(grammar._grammar) > MAX_GRAMMAR_CHARS:
+            raise ValueError(f"the grammar made from the JSON schema has {len(grammar._grammar)} characters, more "
+                             f"than {MAX_GRAMMAR_CHARS}; simplify the schema")
+        bad_escape = _unknown_escape(grammar._grammar)
+        if bad_escape:
+            raise ValueError(f"a pattern in the JSON schema uses {bad_escape}, which llama-cpp-python's grammar "
+                             f"converter does not translate; write a character class instead (e.g. [0-9] for \\d, "
+                             f"[.] for \\.)")
+        # llama-cpp-python adds a grammar sampler without checking it parsed (a NULL would crash):
+        # parse it once here first. Reads only the vocabulary, so any thread may do it.
+        with self._closing:
+            llm = self._llm
+            if llm is not None:
+                import llama_cpp
+
+                probe = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, grammar._grammar.encode(), b"root")
+                if not probe:
+                    raise ValueError("llama.cpp refused the grammar made from the JSON schema (its converter does "
+                                     "not support some construct in it); simplify the schema")
+                llama_cpp.llama_sampler_free(probe)
+        return grammar
+
+    def check_grammar(self, json_schema: str) -> None:
+        self._grammar(json_schema)
+
     def _grammar_sampler(self, params: SamplingParams) -> object:
         """A sampler chain like the free one, constrained by the grammar of ``params.json_schema``.
 
@@ -210,19 +280,7 @@ class LlamaBackend(Backend):
         """
         llm = self._llm
         assert llm is not None and params.json_schema is not None
-        import llama_cpp
-        from llama_cpp.llama_grammar import LlamaGrammar
-
-        try:
-            grammar = LlamaGrammar.from_json_schema(params.json_schema, verbose=False)
-        except Exception as exc:  # noqa: BLE001 - the converter raises assorted types on odd schemas
-            raise ValueError(f"the JSON schema cannot be turned into a grammar: {exc}") from None
-        # llama-cpp-python adds a grammar sampler without checking it parsed (a NULL would crash):
-        # parse it once here first.
-        probe = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, grammar._grammar.encode(), b"root")
-        if not probe:
-            raise ValueError("llama.cpp refused the grammar made from the JSON schema")
-        llama_cpp.llama_sampler_free(probe)
+        grammar = self._grammar(params.json_schema)
         return llm._init_sampler(temp=params.temperature, top_p=params.top_p, top_k=params.top_k, grammar=grammar)
 
     def generate(self, prompt: PreparedPrompt, params: SamplingParams, max_tokens: int,
@@ -260,7 +318,17 @@ class LlamaBackend(Backend):
             if result.completion_tokens >= limit:
                 result.reason = "length"
                 break
-            token = (constrained if constrained is not None and answering else sampler).sample(llm._ctx, -1)
+            if constrained is not None and answering:
+                began = time.monotonic()
+                token = constrained.sample(llm._ctx, -1)  # type: ignore[attr-defined]
+                took = time.monotonic() - began
+                if took > GRAMMAR_STEP_S:
+                    result.reason = "error"
+                    result.message = (f"one token under the JSON schema's grammar took {took:.1f} s (limit "
+                                      f"{GRAMMAR_STEP_S:g} s); simplify the schema")
+                    break
+            else:
+                token = sampler.sample(llm._ctx, -1)
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 break
             result.completion_tokens += 1

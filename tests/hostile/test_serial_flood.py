@@ -1,0 +1,106 @@
+"""A board that floods its bridge (issue 12, item 11): 1,500 `S` lines during an answer, 20,000 `P`
+pings, 2,000 `HELLO`s. The bridge rate-limits per port, drops what it cannot send, logs once per
+burst, and its bus connection (and the answer in progress) survives. Real edgebot-serial on a real
+pty, real edgebotd; every wait is on a line or an event with a timeout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgebot.testing.serial_board import PtyBoard
+from conftest import Daemon
+from test_serial_bridge import Rig  # the serial tests' real bridge process and board rig
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def drain(board: PtyBoard, quiet_s: float = 1.0) -> list[bytes]:
+    """Every host line until the line has been quiet for ``quiet_s``."""
+    lines = []
+    while True:
+        line = board.read_line(quiet_s)
+        if line is None:
+            return lines
+        lines.append(line)
+
+
+def log_lines(rig: Rig, after: int) -> list[str]:
+    """INFO and WARNING lines the bridge logged after byte ``after`` of its log (it runs at DEBUG)."""
+    text = rig.bridge.log_text()[after:]
+    return [ln for ln in text.splitlines() if " INFO " in ln or " WARNING " in ln or " ERROR " in ln]
+
+
+def test_1500_say_lines_during_an_answer_keep_the_bridge_on_the_bus(tmp_path: Path, slow_loop_model: Path) -> None:
+    d = Daemon(tmp_path, slow_loop_model)
+    (tmp_path / "rig").mkdir()
+    rig = Rig(tmp_path / "rig", d)
+    try:
+        board = rig.board
+        assert board is not None
+        board.send("Q 1 Tell me everything")
+        board.expect("A 1 0 ")
+        board.send("K 1 0")
+        mark = len(rig.bridge.log_text())
+        board.write(b"".join(b"S %d hello %d\n" % (i % 60000 + 2, i) for i in range(1500)))
+        replies = drain(board, 1.0)
+        assert not [ln for ln in replies if ln.startswith(b"E 1")], "the answer was ended by the flood"
+        assert "flood" not in rig.bridge.log_text()[mark:] or "dropping" in rig.bridge.log_text()[mark:]
+        errs = [ln for ln in replies if ln.startswith(b"ERR ")]
+        assert len(errs) <= 100, f"{len(errs)} ERR replies to a flood"
+        acked = {int(ln.split()[2]) for ln in replies if ln.startswith(b"A 1 ")}
+        for seq in sorted(acked):
+            board.send(f"K 1 {seq}")
+        board.expect("A 1 ", 15)  # the answer is still streaming: the bridge is still on the bus
+        board.send("X 1")
+        assert board.expect("E 1", 15) == "E 1 cancelled"
+        logged = log_lines(rig, mark)
+        print(f"1,500 S lines during an answer: {len(errs)} ERR replies, {len(logged)} log lines, answer went on")
+        assert len(logged) <= 50, f"{len(logged)} log lines for one burst:\n" + "\n".join(logged[:20])
+    finally:
+        rig.close()
+        d.stop()
+
+
+@pytest.mark.parametrize("line, count", [(b"P 7*%02X\n", 20000), (b"HELLO 0 flood-1.0*%02X\n", 2000)])
+def test_ping_and_hello_floods_are_bounded(tmp_path: Path, script_model: Path, line: bytes, count: int) -> None:
+    from edgebot.bridges.serial.protocol import checksum
+
+    d = Daemon(tmp_path, script_model)
+    (tmp_path / "rig").mkdir()
+    rig = Rig(tmp_path / "rig", d)
+    try:
+        board = rig.board
+        assert board is not None
+        body = line.split(b"*")[0]
+        one = line % checksum(body)
+        mark = len(rig.bridge.log_text())
+        board.write(one * count)
+        replies = drain(board, 1.0)
+        print(f"{count} x {body.decode()}: {len(replies)} replies, {len(log_lines(rig, mark))} log lines")
+        assert len(replies) <= 200, f"{len(replies)} replies to {count} lines"
+        logged = log_lines(rig, mark)
+        assert len(logged) <= 20, f"{len(logged)} log lines:\n" + "\n".join(logged[:20])
+        assert any("dropping" in ln for ln in logged)  # said once
+        board.hello()
+        assert board.ask(2, "What is 2+2?") == ("The answer is 4.", "stop")  # still serving
+    finally:
+        rig.close()
+        d.stop()
+
+
+def test_t_arguments_keep_the_spaces_of_string_values_as_documented() -> None:
+    """Low item: serial-protocol.md said `T` arguments have no spaces; string values keep theirs, so a
+    board that splits the line at spaces breaks the JSON. The doc now says so and how to parse it."""
+    import json
+
+    from conftest import REPO
+    from edgebot.bridges.serial.protocol import format_action
+
+    args = json.dumps({"text": "hi there"}, separators=(",", ":"), ensure_ascii=True)  # as the bridge does
+    line = format_action(4, "show", args)
+    assert line.startswith(b'T 4 show {"text":"hi there"}*')
+    doc = (REPO / "docs" / "serial-protocol.md").read_text()
+    assert "String values keep their own spaces" in doc and "never split it at spaces" in doc
