@@ -11,7 +11,7 @@ answer's first sound arrives on ``speaker.monitor`` (parec, 10 ms blocks).
     .venv/bin/python bench/bench_voice.py [--turns 8] [--silence 0.5] [--json]
 
 Needs what the voice tests need (.ci/run installs it): pulseaudio, pulseaudio-utils,
-libasound2-plugins, espeak-ng, sox, and the voice, tts and voice-models extras.
+libasound2-plugins, espeak-ng, sox, the voice extra and the test models deploy/dev-setup.sh installs.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ else
     python -m edgebot.testing.script_model "$MODEL" >/dev/null
     echo "demo: the real model is not at $REAL_MODEL, so this runs on a tiny GENERATED DEMO MODEL"
     echo "      (real llama.cpp inference, but its answer is scripted, whatever you ask)."
-    echo "      Get the real one with: sudo deploy/get-model.sh   (or set EDGEBOT_MODEL=/path/to/model.gguf)"
+    echo "      Get the real one with: sudo edgebot-cli model pull   (or set EDGEBOT_MODEL=/path/to/model.gguf)"
 fi
 
 RUN_DIR=$(mktemp -d /tmp/edgebot-demo.XXXXXX)

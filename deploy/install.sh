@@ -6,6 +6,9 @@
 #   sudo deploy/install.sh rpi5               # Raspberry Pi 5 (also: rpi4, rk3588, generic-x86)
 #   deploy/install.sh rpi5 --dry-run          # print every step, change nothing (no root needed)
 #   sudo deploy/install.sh rk3588 --npu       # the model on the RK3588 NPU (profile rk3588-npu, docs/npu.md)
+#   sudo deploy/install.sh rpi5 --wheel llama_cpp_python-0.3.36-cp311-cp311-linux_aarch64.whl
+#                                             # a llama-cpp-python wheel built once for this board kind
+#   sudo deploy/install.sh rpi5 --http        # the OpenAI-compatible HTTP API too (docs/http-api.md)
 #
 # Idempotent: each step checks first and says "unchanged"; a second run changes nothing and says so.
 # Supported: Debian 12/13, Raspberry Pi OS (bookworm or later), Ubuntu 22.04/24.04; arm64, or x86-64
@@ -32,20 +35,26 @@ MEMINFO=${EDGEBOT_MEMINFO:-/proc/meminfo}
 ARCH=${EDGEBOT_ARCH:-$(uname -m)}
 RKNPU_FILES=${EDGEBOT_RKNPU_FILES:-/sys/kernel/debug/rknpu/version /sys/module/rknpu/version}
 
-DRY_RUN=0 VOICE=1 MODELS=1 REBUILD=0 ROOT="" LANGUAGE=en BOARD="" NPU=0 NPU_RUNTIME=""
+DRY_RUN=0 VOICE=1 MODELS=1 REBUILD=0 ROOT="" LANGUAGE=en BOARD="" NPU=0 NPU_RUNTIME="" WHEEL="" HTTP=0
+# the console scripts linked into /usr/local/bin, so `edgebot-cli doctor` works from any shell
+COMMANDS=(edgebot-cli edgebotd edgebot-serial edgebot-speech-in edgebot-speech-out)
 CHANGED=0
 
 usage() {
     cat <<EOF
 usage: deploy/install.sh BOARD [--dry-run] [--no-voice] [--no-models] [--lang en|zh] [--rebuild] [--root DIR]
-                         [--npu [--npu-runtime FILE]]
+                         [--wheel FILE] [--http] [--npu [--npu-runtime FILE]]
   BOARD        one of: $(boards | tr '\n' ' ')
   --dry-run    print every step without doing it
   --no-voice   skip the speech bridges (no microphone/speaker)
-  --no-models  do not download models (copy them to /var/lib/edgebot later)
+  --no-models  do not download models (copy them to /var/lib/edgebot later); the units that need a model
+               are enabled, not started
   --lang       voice models for English (en, default) or Mandarin (zh)
   --rebuild    rebuild llama-cpp-python even if it was built with the same flags
   --root DIR   install the files (units, config, users, rules) under DIR; skips apt, venv, models, systemctl
+  --wheel FILE install this prebuilt llama-cpp-python $LLAMA_VERSION wheel instead of compiling it (build it
+               once per board kind: pip wheel --no-binary llama-cpp-python with the profile's CMAKE_ARGS)
+  --http       serve the HTTP API: the aiohttp extra, [http] enabled in a new config, and the network drop-in
   --npu        rk3588 only: run the model on the NPU (profile rk3588-npu): checks the NPU driver
                (>= $MIN_NPU_DRIVER) and installs RKLLM runtime $RKLLM_VERSION in /usr/local/lib
   --npu-runtime FILE  install this librkllmrt.so instead of downloading it (it must be the same $RKLLM_VERSION build)
@@ -121,6 +130,8 @@ parse_args() {
             --root) shift; ROOT=${1:-}; [ -n "$ROOT" ] || { usage >&2; exit 2; } ;;
             --npu) NPU=1 ;;
             --npu-runtime) shift; NPU_RUNTIME=${1:-}; [ -n "$NPU_RUNTIME" ] || { usage >&2; exit 2; } ;;
+            --wheel) shift; WHEEL=${1:-}; [ -n "$WHEEL" ] || { usage >&2; exit 2; } ;;
+            --http) HTTP=1 ;;
             -h|--help) usage; exit 0 ;;
             -*) echo "install.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
             *) [ -z "$BOARD" ] || { echo "install.sh: one board only (got $BOARD and $1)" >&2; exit 2; }
@@ -145,6 +156,15 @@ parse_args() {
     esac
     if [ -n "$NPU_RUNTIME" ] && [ "$NPU" = 0 ]; then
         echo "install.sh: --npu-runtime goes with --npu" >&2; exit 2
+    fi
+    if [ -n "$WHEEL" ]; then
+        [ -f "$WHEEL" ] || { echo "install.sh: --wheel $WHEEL: no such file" >&2; exit 2; }
+        case "$(basename "$WHEEL")" in
+            llama_cpp_python-"$LLAMA_VERSION"-*.whl) ;;
+            *) echo "install.sh: --wheel $WHEEL is not a llama_cpp_python-$LLAMA_VERSION-*.whl (edgebot is tested \
+against llama-cpp-python $LLAMA_VERSION)" >&2; exit 2 ;;
+        esac
+        WHEEL=$(cd "$(dirname "$WHEEL")" && pwd)/$(basename "$WHEEL")
     fi
     if [ -n "$ROOT" ]; then
         mkdir -p "$ROOT"
@@ -273,10 +293,11 @@ apt_packages() {
     say "apt packages"
     local cmake_args pkgs missing=() p
     cmake_args=$(toml_get "$PROFILE" build cmake_args)
-    pkgs=(python3 python3-venv python3-dev build-essential cmake git pkg-config ca-certificates)
+    pkgs=(python3 python3-venv ca-certificates)
+    if [ -z "$WHEEL" ]; then pkgs+=(python3-dev build-essential cmake git pkg-config); fi  # to compile llama.cpp
     [ "$NPU" = 0 ] || pkgs+=(curl)
     case "$cmake_args" in *GGML_BLAS=ON*) pkgs+=(libopenblas-dev) ;; esac
-    case "$cmake_args" in *GGML_OPENMP=ON*) pkgs+=(libgomp1) ;; esac
+    case "$cmake_args" in *GGML_OPENMP=OFF*) ;; *) pkgs+=(libgomp1) ;; esac  # llama.cpp uses OpenMP by default
     [ "$VOICE" = 0 ] || pkgs+=(libportaudio2 alsa-utils)
     note "wanted: ${pkgs[*]}"
     if [ -n "$ROOT" ]; then note "skipped with --root"; return; fi
@@ -286,8 +307,9 @@ apt_packages() {
     if [ ${#missing[@]} = 0 ]; then
         unchanged "all installed"
     else
-        run apt-get update
-        run apt-get install -y --no-install-recommends "${missing[@]}"
+        run apt-get update || die "apt-get update failed (see above): check the network and /etc/apt/sources.list"
+        run apt-get install -y --no-install-recommends "${missing[@]}" \
+            || die "apt-get could not install ${missing[*]} (see above); fix that, then run install.sh again"
     fi
 }
 
@@ -321,17 +343,31 @@ venv_and_build() {
     if [ -n "$ROOT" ]; then note "skipped with --root"; return; fi
     if [ -x "$PREFIX/venv/bin/python" ]; then unchanged "$PREFIX/venv"; else run python3 -m venv "$PREFIX/venv"; fi
     stamp=$PREFIX/venv/.llama-cpp-build
-    want="llama-cpp-python==$LLAMA_VERSION CMAKE_ARGS=$cmake_args"
+    if [ -n "$WHEEL" ]; then
+        want="llama-cpp-python wheel $(basename "$WHEEL") sha256 $(sha256sum "$WHEEL" | cut -d ' ' -f 1)"
+    else
+        want="llama-cpp-python==$LLAMA_VERSION CMAKE_ARGS=$cmake_args"
+    fi
     if [ "$REBUILD" = 0 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-        unchanged "llama-cpp-python built with these flags"
+        if [ -n "$WHEEL" ]; then unchanged "llama-cpp-python from $(basename "$WHEEL") (same sha256)"
+        else unchanged "llama-cpp-python built with these flags"; fi
+    elif [ -n "$WHEEL" ]; then
+        note "the prebuilt wheel: it must have been built with the CMAKE_ARGS above for this board kind"
+        run "$PREFIX/venv/bin/pip" install --no-cache-dir --force-reinstall --no-deps "$WHEEL" \
+            || pip_failed "the llama-cpp-python wheel $WHEEL" "Is it for this Python ($(python3 --version)) and \
+this CPU ($ARCH)? its name says which"
+        run_write "$stamp" "$want"
     else
         note "compiling llama.cpp: 10-30 minutes on a Pi 5, longer on a Pi 4"
         run env CMAKE_ARGS="$cmake_args" FORCE_CMAKE=1 "$PREFIX/venv/bin/pip" install --no-cache-dir \
-            --force-reinstall --no-binary llama-cpp-python "llama-cpp-python==$LLAMA_VERSION"
+            --force-reinstall --no-binary llama-cpp-python "llama-cpp-python==$LLAMA_VERSION" \
+            || pip_failed "llama-cpp-python $LLAMA_VERSION (compiled with CMAKE_ARGS=$cmake_args)" "A compiler \
+error names the flag or package missing (build-essential, cmake); out of memory on a small board: add swap"
         run_write "$stamp" "$want"
     fi
     extras=serial,mqtt,wyoming
-    [ "$VOICE" = 0 ] || extras=serial,mqtt,wyoming,voice,tts
+    [ "$VOICE" = 0 ] || extras=serial,mqtt,wyoming,voice
+    [ "$HTTP" = 0 ] || extras=$extras,http
     src_hash=$(cd "$REPO" && find edgebot pyproject.toml -type f \( -name '*.py' -o -name pyproject.toml \) \
         | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
     stamp=$PREFIX/venv/.edgebot-source
@@ -339,10 +375,37 @@ venv_and_build() {
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         unchanged "edgebot [$extras] installed from this source"
     else
-        [ "$VOICE" = 0 ] || note "the tts extra installs piper-tts (GPL-3.0); --no-voice leaves it out"
-        run "$PREFIX/venv/bin/pip" install --no-cache-dir "${REPO}[$extras]"
+        [ "$VOICE" = 0 ] || note "the voice extra installs piper-tts (GPL-3.0); --no-voice leaves it out"
+        run "$PREFIX/venv/bin/pip" install --no-cache-dir "${REPO}[$extras]" \
+            || pip_failed "edgebot [$extras] and its Python packages" "A package with no wheel for this system \
+needs its build dependencies"
         run_write "$stamp" "$want"
     fi
+}
+
+# pip_failed WHAT HINT: say what pip could not install and how to go on, then stop.
+pip_failed() {
+    die "pip could not install $1 (its own messages are above). $2. Network problems: pip must reach PyPI \
+(a proxy or TLS-inspecting gateway needs PIP_PROXY / PIP_CERT or /etc/pip.conf). Fix it and run install.sh again: \
+finished steps are kept"
+}
+
+# --- 4b. the commands on PATH ------------------------------------------------------------------
+commands_on_path() {
+    say "commands on PATH (/usr/local/bin)"
+    local c link target
+    for c in "${COMMANDS[@]}"; do
+        link=$ROOT/usr/local/bin/$c
+        target=$PREFIX/venv/bin/$c
+        if [ -L "$link" ] && [ "$(readlink "$link")" = "$target" ]; then
+            unchanged "$link -> $target"
+        elif [ -e "$link" ] && [ ! -L "$link" ]; then
+            note "$link exists and is not ours: left alone (run $target)"
+        else
+            run mkdir -p "$ROOT/usr/local/bin"
+            run ln -sfn "$target" "$link"
+        fi
+    done
 }
 
 run_write() {  # run_write FILE TEXT
@@ -364,7 +427,7 @@ config_files() {
     if [ -f "$conf" ]; then
         unchanged "$conf kept as it is (never overwritten)"
     else
-        {
+        write_file "$conf" 0644 < <(
             echo "# edgebot configuration; every key: $PREFIX/docs/configuration.md"
             echo "board = \"$BOARD\""
             if [ "${MEM_MB:-4096}" -lt 3000 ]; then
@@ -374,7 +437,27 @@ config_files() {
                 echo "n_ctx = 2048"
                 echo "n_batch = 128"
             fi
-        } | write_file "$conf" 0644
+            if [ "$HTTP" = 1 ]; then
+                echo
+                echo "[http]"
+                echo "# the OpenAI-compatible API on this board only; another host needs host and token ($PREFIX/docs/http-api.md)"
+                echo "enabled = true"
+            fi
+        )  # not a pipe: write_file must run in this shell to record the change
+    fi
+}
+
+# network_needs CONF: "lan" when the config serves HTTP beyond loopback or uses the remote backend,
+# "loopback" when it serves HTTP on loopback only, "" when edgebotd needs no network at all.
+network_needs() {
+    local conf=$1 enabled host backend
+    [ -f "$conf" ] || { [ "$HTTP" = 1 ] && echo loopback; return 0; }
+    enabled=$(toml_get "$conf" http enabled)
+    host=$(toml_get "$conf" http host)
+    backend=$(toml_get "$conf" llm backend)
+    if [ "$backend" = remote ]; then echo lan; return 0; fi
+    if [ "$enabled" = true ] || { [ "$HTTP" = 1 ] && [ -z "$enabled" ]; }; then
+        case "${host:-127.0.0.1}" in 127.*|::1|localhost) echo loopback ;; *) echo lan ;; esac
     fi
 }
 
@@ -389,13 +472,14 @@ units_and_rules() {
     done
     mem=$(toml_get "$PROFILE" service memory_max)
     cpus=$(toml_get "$PROFILE" service cpu_affinity)
-    {
+    write_file "$dir/edgebot.service.d/board.conf" 0644 < <(
         echo "# Written by deploy/install.sh from board-configs/$BOARD.toml [service]."
         echo "[Service]"
         [ -z "$mem" ] || echo "MemoryMax=$mem"
         [ -z "$cpus" ] || echo "CPUAffinity=$cpus"
-    } | write_file "$dir/edgebot.service.d/board.conf" 0644
+    )  # not a pipe: write_file must run in this shell to record the change
     note "MemoryMax=${mem:-none} CPUAffinity=${cpus:-all}"
+    network_dropin "$dir/edgebot.service.d/network.conf"
     UNITS_CHANGED=$FILES_CHANGED
     FILES_CHANGED=0
     install_file "$REPO/deploy/udev/70-edgebot-serial.rules" "$ROOT/etc/udev/rules.d/70-edgebot-serial.rules" 0644
@@ -405,10 +489,45 @@ units_and_rules() {
     fi
     if [ "$UNITS_CHANGED" = 1 ] && [ -z "$ROOT" ] && systemd_running; then
         run systemctl daemon-reload
+        if [ "$DRY_RUN" = 0 ] && systemctl is-active --quiet edgebot.service; then
+            run systemctl restart edgebot.service  # a changed unit or drop-in applies only to a new process
+        fi
     fi
 }
 
 systemd_running() { [ -d /run/systemd/system ]; }
+
+# network_dropin FILE: edgebot.service has no network (PrivateNetwork=yes, AF_UNIX only, IPAddressDeny=any).
+# Only when the config serves HTTP or uses the remote backend does this drop-in open what that needs:
+# the host's network namespace, IPv4/IPv6 sockets, and IP traffic with loopback (and, for "lan", the
+# private LAN ranges and link-local; never the internet). Removed again when the config no longer asks.
+network_dropin() {
+    local need
+    need=$(network_needs "$ROOT/etc/edgebot/edgebot.toml")
+    if [ -z "$need" ]; then
+        if [ -f "$1" ]; then
+            run rm -f "$1"
+            FILES_CHANGED=1
+        fi
+        note "no network for edgebotd (no [http] enabled, no remote backend)"
+        return
+    fi
+    write_file "$1" 0644 < <(
+        echo "# Written by deploy/install.sh: the config serves HTTP or asks a remote server ($need)."
+        echo "[Service]"
+        echo "PrivateNetwork=no"
+        echo "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6"
+        if [ "$need" = lan ]; then
+            echo "IPAddressAllow=localhost link-local 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 fc00::/7"
+        else
+            echo "IPAddressAllow=localhost"
+        fi
+    )  # not a pipe: write_file must run in this shell to record the change
+    note "network for edgebotd: $need only (IPAddressDeny=any stays for everything else)"
+    if [ "$HTTP" = 1 ] && [ "$(toml_get "$ROOT/etc/edgebot/edgebot.toml" http enabled)" != true ]; then
+        note "--http: $ROOT/etc/edgebot/edgebot.toml was kept as it is; add [http] enabled = true there to serve it"
+    fi
+}
 
 # --- 7. models ---------------------------------------------------------------------------------
 models() {
@@ -447,20 +566,33 @@ fix_model_owner() {
 # --- 8. enable and start -----------------------------------------------------------------------
 enable_units() {
     say "enable at boot and start"
-    local units=(edgebot.socket edgebot.service) u todo=()
+    local units=(edgebot.socket edgebot.service) u todo=() later=()
     [ "$VOICE" = 0 ] || units+=(edgebot-speech-in.service edgebot-speech-out.service)
     if [ -n "$ROOT" ]; then note "skipped with --root: ${units[*]}"; return; fi
     for u in "${units[@]}"; do
-        if [ "$DRY_RUN" = 0 ] && systemctl is-enabled --quiet "$u" 2>/dev/null \
+        if [ "$MODELS" = 0 ] && [ "$u" != edgebot.socket ]; then
+            # no models yet: enabled for the next boot, not started now (edgebotd would exit 78 at once)
+            if [ "$DRY_RUN" = 0 ] && systemctl is-enabled --quiet "$u" 2>/dev/null; then
+                unchanged "$u enabled (not started: --no-models)"
+            else
+                later+=("$u")
+            fi
+        elif [ "$DRY_RUN" = 0 ] && systemctl is-enabled --quiet "$u" 2>/dev/null \
             && { ! systemd_running || systemctl is-active --quiet "$u"; }; then
             unchanged "$u enabled$(systemd_running && echo ' and active')"
         else
             todo+=("$u")
         fi
     done
+    if [ ${#later[@]} -gt 0 ]; then
+        run systemctl enable "${later[@]}"
+        note "not started (--no-models): copy the models to /var/lib/edgebot/ (or: edgebot-cli model pull ...),"
+        note "then: sudo systemctl start ${later[*]}"
+    fi
     [ ${#todo[@]} = 0 ] && return
     if systemd_running || [ "$DRY_RUN" = 1 ]; then
-        run systemctl enable --now "${todo[@]}"
+        run systemctl enable --now "${todo[@]}" || die "systemd could not start ${todo[*]}: see \
+systemctl status ${todo[*]} and journalctl -u edgebot -n 50 (edgebot-cli doctor checks the usual causes)"
     else
         run systemctl enable "${todo[@]}"
         note "systemd is not running here (a container or chroot): enabled for the next boot, not started"
@@ -475,6 +607,7 @@ main() {
     apt_packages
     users_and_dirs
     venv_and_build
+    commands_on_path
     npu_runtime
     config_files
     units_and_rules

@@ -1,26 +1,47 @@
 """edgebot-cli: ask, status, say and cancel over the local bus.
 
-Starts fast on a Pi: imports only the bus codec, the client and the config loader (never
-llama_cpp, numpy or a speech library). Exit codes: 0 answered, 1 error from the daemon,
-2 usage, 3 daemon unreachable, 130 interrupted.
+Starts fast on a Pi: a blocking socket (``edgebot.bus.blocking``) and the bus framing, no asyncio,
+no message classes; the config loader only when the socket path has to be looked up; never
+llama_cpp, numpy or a speech library. Exit codes: 0 answered, 1 error from the daemon, 2 usage,
+3 daemon unreachable, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
-import secrets
-import signal
 import sys
-from typing import Any, Optional, Sequence
 
-from edgebot.bus import codec
-from edgebot.bus import messages as m
-from edgebot.bus.client import BusClient, BusUnavailable
+from edgebot import __version__
+from edgebot.bus.blocking import BlockingBusClient, BusUnavailable, Interrupted
+from edgebot.bus.framing import encode_envelope
+
+TYPE_CHECKING = False  # typing itself costs ~2 ms at start-up; the annotations are strings
+if TYPE_CHECKING:
+    from typing import Any, Optional, Sequence
+
+    from edgebot.bus.blocking import Envelope
 
 EXIT_OK, EXIT_DAEMON_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+EPILOG = """\
+examples:
+  edgebot-cli ask "What is 2+2?"            stream the answer to stdout
+  edgebot-cli ask --think "Why is the sky blue?"   thinking on stderr, answer on stdout
+  echo "Summarise this" | edgebot-cli ask   the question from stdin (also: ask -)
+  edgebot-cli ask --session maths "And times 3?"   a conversation that keeps its history
+  edgebot-cli status --wait 60              wait until the model is loaded (for scripts)
+  edgebot-cli doctor                        check the installation
+  source <(edgebot-cli completion bash)     tab completion in this shell
+
+environment:
+  EDGEBOT_SOCKET   the bus socket (default: the config's [bus] socket, /run/edgebot/bus.sock as a service)
+  EDGEBOT_CONFIG   the config file that names the socket (default /etc/edgebot/edgebot.toml)
+
+exit codes:
+  0 answered / done, 1 error from edgebotd, 2 usage, 3 edgebotd unreachable, 130 interrupted (Ctrl-C
+  cancels the answer on edgebotd)
+"""
 
 
 def resolve_socket(args: argparse.Namespace) -> str:
@@ -40,184 +61,248 @@ def argv_text(words: Sequence[str]) -> str:
     return " ".join(words).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _json_line(msg: m.Message) -> None:
-    sys.stdout.write(codec.encode(msg).decode())
+def read_question(words: Sequence[str]) -> Optional[str]:
+    """The question: the words, or stdin when they are ``-`` or absent and stdin is not a terminal.
+    None when there is no question to read (no words on a terminal)."""
+    if words and list(words) != ["-"]:
+        return argv_text(words)
+    if sys.stdin is None or sys.stdin.isatty():
+        return None
+    return sys.stdin.buffer.read().decode("utf-8", "replace")
+
+
+def _json_line(msg: Envelope) -> None:
+    sys.stdout.write(encode_envelope(*msg).decode())
     sys.stdout.flush()
 
 
-async def cmd_ask(client: BusClient, args: argparse.Namespace) -> int:
-    question = argv_text(args.question).strip()
-    if not question:
-        print("edgebot-cli ask: the question is empty", file=sys.stderr)
-        return EXIT_USAGE
-    ask_id = f"cli-{secrets.token_hex(4)}"
-    session = f"cli:{args.session}" if args.session else None
-    await client.send(m.Ask(id=ask_id, text=question, session=session, source="cli",
-                            think="show" if args.think else "hide", max_tokens=args.max_tokens))
-    interrupted = asyncio.Event()
+def _text(data: dict[str, Any], key: str) -> str:
+    value = data.get(key)
+    return value if isinstance(value, str) else ""
 
-    def on_sigint() -> None:
-        if interrupted.is_set():  # a second Ctrl-C: do not wait for the daemon any longer
+
+LOADING_STATES = ("starting", "loading")  # an ask refused `not-ready` in these states is asked again once loaded
+
+
+def cmd_ask(client: BlockingBusClient, args: argparse.Namespace) -> int:
+    """Ask and stream the answer. An ask refused ``not-ready`` while edgebotd loads its model (the
+    ask that socket activation started it for) waits for the model, up to ``--wait-ready`` seconds,
+    and is asked again."""
+    import signal
+    import time
+
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    interrupted = [False]
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if interrupted[0]:  # a second Ctrl-C: do not wait for the daemon any longer
             sys.stdout.flush()
             os._exit(EXIT_INTERRUPTED)
-        interrupted.set()
+        interrupted[0] = True
 
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    signal.set_wakeup_fd(wake_w)  # the signal's byte wakes recv's select
+    signal.signal(signal.SIGINT, on_sigint)
+    deadline = time.monotonic() + args.wait_ready
+    while True:
+        code = _ask_once(client, args, wake_r, interrupted)
+        if code is not None:
+            return code
+        if time.monotonic() > deadline:
+            print(f"edgebot-cli: not-ready: still refused after {args.wait_ready:g} s (--wait-ready)", file=sys.stderr)
+            return EXIT_DAEMON_ERROR
+        if not _wait_loaded(client, deadline, wake_r, interrupted, args.wait_ready):
+            return EXIT_INTERRUPTED if interrupted[0] else EXIT_DAEMON_ERROR
+
+
+def _ask_once(client: BlockingBusClient, args: argparse.Namespace, wake_r: int,
+              interrupted: list[bool]) -> Optional[int]:
+    """Send the ask and print its answer as it streams; the exit code, or None when it was refused
+    because the model is still loading (nothing printed yet) and ``--wait-ready`` allows waiting."""
+    ask_id = f"cli-{os.urandom(4).hex()}"  # what secrets.token_hex does, without importing hashlib/hmac
+    session = f"cli:{args.session}" if args.session else None
+    client.send("ask", id=ask_id, text=args.question_text, session=session, source="cli",
+                think="show" if args.think else "hide", max_tokens=args.max_tokens)
     cancel_sent = False
     wrote_answer = wrote_think = False
     while True:
-        recv = asyncio.ensure_future(client.recv())
-        stop = asyncio.ensure_future(interrupted.wait())
-        await asyncio.wait({recv, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if stop.done() and not cancel_sent:
-            cancel_sent = True
-            await client.send(m.Cancel(id=ask_id))
-        stop.cancel()
-        msg = await recv
+        try:
+            msg = client.recv(wake_fd=wake_r)
+        except Interrupted:
+            if interrupted[0] and not cancel_sent:
+                cancel_sent = True
+                client.send("cancel", id=ask_id)
+            continue
         if msg is None:
             print("\nedgebot-cli: edgebotd closed the connection before the answer ended", file=sys.stderr)
             return EXIT_UNREACHABLE
-        if isinstance(msg, m.Action) and msg.ask == ask_id:  # an action this question led to
+        kind, data = msg
+        if kind == "action" and data.get("ask") == ask_id:  # an action this question led to
             if args.json:
                 _json_line(msg)
             else:
-                print(f"edgebot-cli: action {msg.name} {json.dumps(msg.args, ensure_ascii=False)}: {msg.result}"
-                      + (f" ({msg.text})" if msg.text else ""), file=sys.stderr)
+                import json
+
+                text = _text(data, "text")
+                print(f"edgebot-cli: action {data.get('name')} {json.dumps(data.get('args'), ensure_ascii=False)}: "
+                      f"{data.get('result')}" + (f" ({text})" if text else ""), file=sys.stderr)
             continue
-        if getattr(msg, "id", None) != ask_id:
+        if data.get("id") != ask_id:
             continue
+        if (kind == "error" and data.get("code") == "not-ready" and not cancel_sent and args.wait_ready > 0
+                and _daemon_state(client) in LOADING_STATES + ("ready",)):  # ready: loading just finished
+            return None
         if args.json:
             _json_line(msg)
-        if isinstance(msg, m.AnswerDelta) and not args.json:
+        if kind == "answer-delta" and not args.json:
             if wrote_think and not wrote_answer:
                 sys.stderr.write("\n")  # end the thinking's line before the answer starts
-            sys.stdout.write(msg.text)
+            sys.stdout.write(_text(data, "text"))
             sys.stdout.flush()
             wrote_answer = True
-        elif isinstance(msg, m.ThinkDelta) and not args.json:
-            sys.stderr.write(msg.text)
+        elif kind == "think-delta" and not args.json:
+            sys.stderr.write(_text(data, "text"))
             sys.stderr.flush()
             wrote_think = True
-        elif isinstance(msg, m.Error):
+        elif kind == "error":
             if not args.json:
-                print(f"edgebot-cli: {msg.code}: {msg.message}", file=sys.stderr)
+                print(f"edgebot-cli: {data.get('code')}: {data.get('message')}", file=sys.stderr)
             return EXIT_DAEMON_ERROR
-        elif isinstance(msg, m.AnswerEnd):
+        elif kind == "answer-end":
             if not args.json:
                 if wrote_answer:
                     sys.stdout.write("\n")
-                if msg.message:
-                    print(f"edgebot-cli: {msg.reason}: {msg.message}", file=sys.stderr)
-            if cancel_sent or msg.reason == "cancelled":
+                if data.get("message"):
+                    print(f"edgebot-cli: {data.get('reason')}: {data.get('message')}", file=sys.stderr)
+            if cancel_sent or data.get("reason") == "cancelled":
                 return EXIT_INTERRUPTED
-            return EXIT_OK if msg.reason in ("stop", "length") else EXIT_DAEMON_ERROR
+            return EXIT_OK if data.get("reason") in ("stop", "length") else EXIT_DAEMON_ERROR
 
 
-def _print_status(report: m.StatusReport) -> None:
-    q = report.queue
-    lines = [f"edgebotd {report.server_version}: {report.state}",
-             f"model:    {report.model}",
-             f"queue:    {q.get('waiting', 0)} waiting (max {q.get('max')}), running: {q.get('running') or 'nothing'}",
-             f"clients:  {report.clients}",
-             f"speed:    {report.last_tokens_per_s or '-'} tokens/s (last answer)",
-             f"memory:   {report.memory.get('rss_mb')} MiB resident"]
-    if report.temperature_c is not None:
-        lines.append(f"temp:     {report.temperature_c:.1f} °C")
-    for s in report.sessions:
-        lines.append(f"session:  {s['name']}: {s['turns']} turns, idle {s['idle_s']} s")
-    print("\n".join(lines))
+def _daemon_state(client: BlockingBusClient) -> str:
+    """edgebotd's engine state (``loading``, ``ready``, ``failed``, ...) from a status report."""
+    client.send("status")
+    msg = reply(client, ("status-report",), quiet=True)
+    if msg is None or msg[0] != "status-report":
+        return "unreachable"
+    return str(msg[1].get("state"))
 
 
-async def cmd_status(client: BusClient, args: argparse.Namespace) -> int:
-    await client.send(m.Status())
-    msg = await _reply(client, (m.StatusReport,))
-    if isinstance(msg, m.StatusReport):
-        if args.json:
-            _json_line(msg)
-        else:
-            _print_status(msg)
-        return EXIT_OK
-    return EXIT_DAEMON_ERROR
+def _wait_loaded(client: BlockingBusClient, deadline: float, wake_r: int, interrupted: list[bool],
+                 budget_s: float) -> bool:
+    """Poll edgebotd's state until the model is ready (True) or ``deadline`` (monotonic seconds)
+    passes, it fails to load, or Ctrl-C (False, after saying why on stderr)."""
+    import select
+    import time
+
+    print(f"edgebot-cli: edgebotd is loading its model; the question waits up to {budget_s:g} s (--wait-ready)",
+          file=sys.stderr)
+    delay = 0.05
+    while True:
+        state = _daemon_state(client)
+        if state == "ready":
+            return True
+        if state not in LOADING_STATES:
+            print(f"edgebot-cli: not-ready: edgebotd is {state}; see its log (journalctl -u edgebot)", file=sys.stderr)
+            return False
+        if time.monotonic() + delay > deadline:
+            print(f"edgebot-cli: not-ready: the model was still {state} after {budget_s:g} s; try again later "
+                  f"(edgebot-cli status --wait SECONDS waits for it)", file=sys.stderr)
+            return False
+        if select.select([wake_r], [], [], delay)[0]:  # the signal's byte: Ctrl-C while waiting
+            os.read(wake_r, 512)
+            if interrupted[0]:
+                return False
+        delay = min(delay * 2, 1.0)
 
 
-def _print_actions(actions: dict[str, Any]) -> None:
-    declared = actions.get("declared", [])
-    if not declared:
-        print("no actions declared ([[actions]] in the configuration)")
-        return
-    print(f"actions: {'on' if actions.get('enabled') else 'OFF ([robot] actions = false)'}"
-          f"{'' if actions.get('model_actions', True) else ', phrases only (model_actions = false)'}")
-    for a in declared:
-        params = a.get("parameters", {}).get("properties", {})
-        flags = [f"port {a.get('port')}"]
-        if a.get("confirm"):
-            flags.append("confirm")
-        if a.get("rate_limit"):
-            flags.append(f"at most {a['rate_limit']} per {a.get('rate_window_s', 0):g} s")
-        print(f"{a['name']}({', '.join(params)}): {a.get('description', '')} [{', '.join(flags)}]")
-        for name, spec in params.items():
-            print(f"    {name}: {json.dumps(spec, ensure_ascii=False)}")
-        for phrase in a.get("phrases", []):
-            print(f"    says: {phrase!r}")
+def cmd_status(client: BlockingBusClient, args: argparse.Namespace) -> int:
+    from edgebot.cli_show import print_status
 
-
-async def cmd_actions(client: BusClient, args: argparse.Namespace) -> int:
-    await client.send(m.Status())
-    msg = await _reply(client, (m.StatusReport,))
-    if not isinstance(msg, m.StatusReport):
+    client.send("status")
+    msg = reply(client, ("status-report",))
+    if msg is None or msg[0] == "error":
         return EXIT_DAEMON_ERROR
     if args.json:
-        print(json.dumps(msg.actions, ensure_ascii=False))
+        _json_line(msg)
     else:
-        _print_actions(msg.actions)
+        print_status(msg[1])
     return EXIT_OK
 
 
-async def cmd_say(client: BusClient, args: argparse.Namespace) -> int:
-    await client.send(m.Say(text=argv_text(args.text)))
-    msg = await _reply(client, (m.Ack,))
-    return EXIT_OK if isinstance(msg, m.Ack) else EXIT_DAEMON_ERROR
+def cmd_actions(client: BlockingBusClient, args: argparse.Namespace) -> int:
+    import json
+
+    from edgebot.cli_show import print_actions
+
+    client.send("status")
+    msg = reply(client, ("status-report",))
+    if msg is None or msg[0] == "error":
+        return EXIT_DAEMON_ERROR
+    if args.json:
+        print(json.dumps(msg[1].get("actions", {}), ensure_ascii=False))
+    else:
+        print_actions(msg[1].get("actions", {}))
+    return EXIT_OK
 
 
-async def cmd_cancel(client: BusClient, args: argparse.Namespace) -> int:
-    await client.send(m.Cancel(id=args.id))
-    await client.send(m.Ping(id="cancel-done"))
-    msg = await _reply(client, (m.Pong,))
-    return EXIT_OK if isinstance(msg, m.Pong) else EXIT_DAEMON_ERROR
+def cmd_say(client: BlockingBusClient, args: argparse.Namespace) -> int:
+    client.send("say", text=argv_text(args.text))
+    msg = reply(client, ("ack",))
+    return EXIT_OK if msg is not None and msg[0] == "ack" else EXIT_DAEMON_ERROR
 
 
-async def _reply(client: BusClient, wanted: tuple[type, ...]) -> Optional[m.Message]:
-    """The first message of a wanted type; an Error is printed and returned."""
-    async for msg in client.messages():
-        if isinstance(msg, wanted):
+def cmd_cancel(client: BlockingBusClient, args: argparse.Namespace) -> int:
+    client.send("cancel", id=args.id)
+    client.send("ping", id="cancel-done")
+    msg = reply(client, ("pong",))
+    return EXIT_OK if msg is not None and msg[0] == "pong" else EXIT_DAEMON_ERROR
+
+
+def reply(client: BlockingBusClient, wanted: tuple[str, ...], quiet: bool = False) -> Optional[Envelope]:
+    """The first message of a wanted type; an error is printed (unless ``quiet``) and returned."""
+    while True:
+        msg = client.recv()
+        if msg is None:
+            if not quiet:
+                print("edgebot-cli: edgebotd closed the connection", file=sys.stderr)
+            return None
+        if msg[0] in wanted:
             return msg
-        if isinstance(msg, m.Error):
-            print(f"edgebot-cli: {msg.code}: {msg.message}", file=sys.stderr)
+        if msg[0] == "error":
+            if not quiet:
+                print(f"edgebot-cli: {msg[1].get('code')}: {msg[1].get('message')}", file=sys.stderr)
             return msg
-    print("edgebot-cli: edgebotd closed the connection", file=sys.stderr)
-    return None
 
 
-COMMANDS: dict[str, Any] = {"ask": cmd_ask, "status": cmd_status, "say": cmd_say, "cancel": cmd_cancel,
+COMMANDS: "dict[str, Any]" = {"ask": cmd_ask, "status": cmd_status, "say": cmd_say, "cancel": cmd_cancel,
                             "actions": cmd_actions}
 # Subcommands that do not talk to the bus first: module (with run_cli(argv, args)) and help text.
-LOCAL_COMMANDS = {"model": "edgebot.models", "doctor": "edgebot.doctor"}
+LOCAL_COMMANDS = {"model": "edgebot.models", "doctor": "edgebot.doctor", "completion": "edgebot.completion"}
 LOCAL_COMMANDS_HELP = {"model": "download, list and verify models (see: edgebot-cli model --help)",
-                       "doctor": "check config, model, llama.cpp build, memory, bus, audio, serial, units, temperature"}
+                       "doctor": "check config, model, llama.cpp build, memory, bus, audio, serial, units, temperature",
+                       "completion": "print a shell completion script: source <(edgebot-cli completion bash)"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgebot-cli", description="Talk to edgebotd over the local bus.")
+    p = argparse.ArgumentParser(prog="edgebot-cli", description="Talk to edgebotd over the local bus.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"edgebot-cli {__version__}")
     p.add_argument("--socket", help="bus socket (default: $EDGEBOT_SOCKET or the config's [bus] socket)")
-    p.add_argument("--config", help="config file to read the socket path from")
-    sub = p.add_subparsers(dest="command", required=True)
-    ask = sub.add_parser("ask", help="ask a question and stream the answer")
+    p.add_argument("--config", help="config file to read the socket path from (default: $EDGEBOT_CONFIG)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    ask = sub.add_parser("ask", help="ask a question and stream the answer",
+                         description="Ask a question and stream the answer to stdout.", epilog=EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ask.add_argument("--session", help="keep a conversation under this name (default: a one-off question)")
     ask.add_argument("--think", action="store_true", help="stream the model's thinking to stderr")
     ask.add_argument("--json", action="store_true", help="print one JSON bus event per line")
     ask.add_argument("--max-tokens", type=int, help="limit on generated tokens, thinking included")
-    ask.add_argument("question", nargs="+", help="the question")
+    ask.add_argument("--wait-ready", type=float, default=300.0, metavar="SECONDS",
+                     help="while edgebotd loads its model (just started, e.g. by socket activation), wait up to "
+                          "SECONDS for it and then ask (default 300; 0: fail at once with not-ready)")
+    ask.add_argument("question", nargs="*",
+                     help="the question; '-' or none reads it from stdin when stdin is not a terminal")
     status = sub.add_parser("status", help="show the daemon's state")
     status.add_argument("--json", action="store_true", help="print the status-report event as JSON")
     status.add_argument("--wait", type=float, metavar="SECONDS",
@@ -233,53 +318,56 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-async def wait_ready(path: str, seconds: float) -> Optional[str]:
+def wait_ready(path: str, seconds: float) -> Optional[str]:
     """Retry until edgebotd answers ``status`` with state ready; returns None or why not."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
+    import time
+
+    deadline = time.monotonic() + seconds
     delay, why = 0.05, "not tried"
     while True:
         try:
-            client = await BusClient.connect(path, client="edgebot-cli", timeout=max(0.1, deadline - loop.time()))
+            client = BlockingBusClient.connect(path, client="edgebot-cli",
+                                               timeout=max(0.1, deadline - time.monotonic()))
             try:
-                await client.send(m.Status())
-                msg = await _reply(client, (m.StatusReport,))
+                client.send("status")
+                msg = reply(client, ("status-report",))
             finally:
-                await client.close()
-            if isinstance(msg, m.StatusReport):
-                if msg.state == "ready":
+                client.close()
+            if msg is not None and msg[0] == "status-report":
+                state = msg[1].get("state")
+                if state == "ready":
                     return None
-                if msg.state == "failed":
+                if state == "failed":
                     return "the model failed to load; see the daemon's log (journalctl -u edgebot)"
-                why = f"edgebotd is {msg.state}"
+                why = f"edgebotd is {state}"
         except BusUnavailable as exc:
             why = str(exc)
-        if loop.time() + delay > deadline:
+        if time.monotonic() + delay > deadline:
             return f"not ready after {seconds:g} s: {why}"
-        await asyncio.sleep(delay)
+        time.sleep(delay)  # a retry's backoff
         delay = min(delay * 2, 1.0)
 
 
-async def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     try:
         path = resolve_socket(args)
     except Exception as exc:  # noqa: BLE001 - a config error is a usage error here
         print(f"edgebot-cli: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if getattr(args, "wait", None):
-        problem = await wait_ready(path, args.wait)
+        problem = wait_ready(path, args.wait)
         if problem:
             print(f"edgebot-cli: {problem}", file=sys.stderr)
             return EXIT_UNREACHABLE
     try:
-        client = await BusClient.connect(path, client="edgebot-cli")
+        client = BlockingBusClient.connect(path, client="edgebot-cli")
     except BusUnavailable as exc:
         print(f"edgebot-cli: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     try:
-        return int(await COMMANDS[args.command](client, args))
+        return int(COMMANDS[args.command](client, args))
     finally:
-        await client.close()
+        client.close()
 
 
 def _local_command_at(argv: Sequence[str]) -> Optional[int]:
@@ -298,8 +386,9 @@ def _local_command_at(argv: Sequence[str]) -> Optional[int]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     local = _local_command_at(argv)
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv if local is None else argv[:local + 1])
+        args = parser.parse_args(argv if local is None else argv[:local + 1])
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
     if local is not None:
@@ -307,7 +396,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return int(importlib.import_module(LOCAL_COMMANDS[args.command]).run_cli(argv[local + 1:], args))
     try:
-        return asyncio.run(run(args))
+        if args.command == "ask":
+            args.question_text = read_question(args.question)
+            if args.question_text is None:
+                print("edgebot-cli ask: give the question as arguments, or '-' and pipe it to stdin "
+                      "(see edgebot-cli ask --help)", file=sys.stderr)
+                return EXIT_USAGE
+            args.question_text = args.question_text.strip()
+            if not args.question_text:
+                print("edgebot-cli ask: the question is empty", file=sys.stderr)
+                return EXIT_USAGE
+        return run(args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:

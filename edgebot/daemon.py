@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import resource
 import signal
 import sys
@@ -12,6 +13,8 @@ from typing import Any, Optional, Sequence
 
 import edgebot
 from edgebot import systemd
+from edgebot.bus import codec
+from edgebot.bus import messages as m
 from edgebot.bus.hub import Hub, Limits
 from edgebot.config import Config, ConfigError, load_config
 from edgebot.dispatch import Dispatcher
@@ -24,6 +27,9 @@ from edgebot.engine.scheduler import Engine
 log = logging.getLogger(__name__)
 
 EX_CONFIG = 78  # sysexits.h: configuration error (also a missing/bad model file); the unit does not restart on it
+# Fault injection for tests: the model is loaded only after a line can be read from this FIFO, as if
+# it came from a very slow SD card (tests/test_activation.py); never set in production.
+FAULT_HOLD_LOAD_ENV = "EDGEBOT_FAULT_HOLD_LOAD"
 
 
 def llama_or_remote(config: Config) -> Backend:
@@ -118,6 +124,12 @@ async def serve(config: Config) -> int:
             return EX_CONFIG
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    hold = os.environ.get(FAULT_HOLD_LOAD_ENV)
+    if hold:
+        log.warning("%s=%s: loading the model only once that FIFO is written (fault injection)", FAULT_HOLD_LOAD_ENV,
+                    hold)
+        holding = asyncio.ensure_future(asyncio.to_thread(_read_fifo, hold))
+        await asyncio.wait({holding, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
     engine.start()
     watchdog: Optional[asyncio.Task[None]] = None
     interval = systemd.watchdog_interval() if config.get("daemon", "watchdog") else None
@@ -164,9 +176,52 @@ async def _start_http(config: Config, engine: Engine) -> Optional[Any]:
     try:
         await api.start()
     except OSError as exc:
-        log.error("cannot serve HTTP on %s:%s: %s", config.get("http", "host"), config.get("http", "port"), exc)
+        log.error("cannot serve HTTP on %s:%s: %s; under systemd, `sudo deploy/install.sh BOARD --http` writes the "
+                  "drop-in that lets edgebot.service listen (docs/install.md)", config.get("http", "host"),
+                  config.get("http", "port"), exc)
         return None
     return api
+
+
+def _read_fifo(path: str) -> None:
+    with open(path, "rb") as fh:
+        fh.readline()
+
+
+def refuse_waiting_clients(why: str) -> int:
+    """Under socket activation, answer every connection already waiting on the bus socket with
+    ``error {code: not-ready}`` saying why edgebotd cannot start, then close it; returns how many.
+
+    Called when edgebotd exits before serving (a configuration error): a connection left in the
+    listening socket's queue would make systemd start edgebotd again at once, and the repeated
+    failures would hit the start limit and take the socket down. The waiting client (a bridge, or
+    the edgebot-cli that triggered the start) learns the reason instead of waiting 5 s for hello.
+    """
+    try:
+        socks = systemd.listen_sockets()
+    except OSError:
+        return 0
+    line = codec.encode(m.Error("not-ready", f"edgebotd cannot start: {why}"))
+    refused = 0
+    for listener in socks:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, OSError):
+                break
+            with conn:
+                conn.setblocking(False)
+                try:
+                    conn.recv(65536)  # the client's hello, so closing does not reset the connection
+                except OSError:
+                    pass
+                try:
+                    conn.send(line)
+                    refused += 1
+                except OSError:
+                    pass
+        listener.close()  # our copy of the descriptor; systemd keeps its own and goes on listening
+    return refused
 
 
 async def _watchdog(interval: float, engine: Engine) -> None:
@@ -183,8 +238,25 @@ async def _watchdog(interval: float, engine: Engine) -> None:
         await asyncio.sleep(interval)
 
 
+DAEMON_EPILOG = """\
+examples:
+  edgebotd --model /var/lib/edgebot/models/DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf
+  edgebotd --socket /tmp/edgebot.sock --log-level DEBUG     a foreground daemon for testing
+
+environment:
+  EDGEBOT_CONFIG            the config file (default /etc/edgebot/edgebot.toml)
+  EDGEBOT_SOCKET            the bus socket (default: the config's [bus] socket)
+  EDGEBOT_<SECTION>_<KEY>   any config key, e.g. EDGEBOT_LLM_N_THREADS=4 (docs/configuration.md)
+
+exit codes:
+  0 stopped by SIGTERM/SIGINT, 78 configuration or model error (systemd does not restart it),
+  1 an unexpected error (a bug)
+"""
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="edgebotd", description="edgebot daemon: the model and the local bus.")
+    p = argparse.ArgumentParser(prog="edgebotd", description="edgebot daemon: the model and the local bus.",
+                                epilog=DAEMON_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="config file (default: $EDGEBOT_CONFIG or /etc/edgebot/edgebot.toml)")
     p.add_argument("--board", help="board profile: rpi4, rpi5, rk3588, generic-x86 (default: detect)")
     p.add_argument("--model", help="GGUF model file ([llm] model)")
@@ -203,6 +275,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         systemd.setup_logging("INFO")
         log.error("configuration error: %s", exc)
+        systemd.notify(f"STATUS=configuration error: {str(exc)[:200]}")
+        refused = refuse_waiting_clients(f"configuration error: {exc}; fix it, then `sudo systemctl restart edgebot`")
+        if refused:
+            log.error("told %d waiting client(s) why edgebotd cannot start", refused)
         return EX_CONFIG
     systemd.setup_logging(config.get("log", "level"))
     log.info("edgebotd %s starting (board %s), open-files limit %d", edgebot.__version__, config.board or "none",

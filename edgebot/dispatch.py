@@ -68,6 +68,7 @@ class Dispatcher:
         self.started: set[str] = set()  # ask ids whose answer-start has gone out
         self.voice_latency: dict[str, Any] = {}  # the last voice-latency report, for status (bounded)
         self.speaking = policy.SpeakingState(config.get("bus", "speaking_max_s"))
+        self.audio_devices: dict[str, tuple[Connection, m.AudioDevice]] = {}  # bridge -> its last report
         self.submitted = 0  # engine jobs submitted for bus asks (status-report queue.submitted)
         self.actions: Optional[Any] = None  # edgebot.actions.desk.ActionDesk when [[actions]] are declared
         if config.arrays.get("actions"):
@@ -124,6 +125,11 @@ class Dispatcher:
                 conn.send(m.Error("duplicate-id", f"say: id {msg.id!r} is in use by an answer in progress or "
                                                   f"being spoken; use another id", msg.id))
                 return
+            speaker = self.audio_devices.get("speech-out")
+            if speaker is not None and speaker[1].state == "missing" and speaker[0] in self.hub.connections:
+                conn.send(m.Error("not-ready", f"nothing can be spoken: edgebot-speech-out has no speaker "
+                                               f"({speaker[1].message}); it retries by itself", msg.id))
+                return
             delivered = self.hub.publish(msg, skip=conn)
             if delivered:
                 conn.send(m.Ack(of="say", delivered=delivered))
@@ -141,6 +147,8 @@ class Dispatcher:
                 self.voice_latency = policy.latency_for_status(msg)
             elif isinstance(msg, m.Speaking):
                 self._speaking(conn, msg)
+            if isinstance(msg, m.AudioDevice):
+                self.audio_devices[msg.bridge] = (conn, msg)
             self.hub.publish(msg, skip=conn)
         elif msg.TYPE in DAEMON_ONLY:
             conn.send(m.Error("not-allowed", f"{msg.TYPE!r} is sent by edgebotd, not to it"))
@@ -222,6 +230,9 @@ class Dispatcher:
         """A client left: its unfinished answers are cancelled so the engine is freed; what it was
         speaking ends (``speaking {stop}``) so speech-in does not stay muted."""
         self._speaking_ended(lambda: self.speaking.left(conn), "ended by its speaker leaving")
+        for bridge, (owner, _) in list(self.audio_devices.items()):
+            if owner is conn:
+                del self.audio_devices[bridge]
         for ask_id in list(conn.inflight):
             self.engine.cancel(ask_id)
             if self.actions is not None:
@@ -266,8 +277,10 @@ class Dispatcher:
         st = self.engine.status()
         return m.StatusReport(server_version=edgebot.__version__, model=st["model"], state=st["state"],
                               queue={**st["queue"], "submitted": self.submitted}, sessions=st["sessions"],
-                              last_tokens_per_s=st["last_tokens_per_s"],
+                              last_tokens_per_s=st["last_tokens_per_s"], load_progress=st.get("load_progress"),
                               memory={"rss_mb": read_rss_mb()}, temperature_c=read_temperature_c(),
                               clients=len(self.hub.connections) if self.hub else 0, error=st["error"],
                               voice_latency=self.voice_latency, speaking=self.speaking.snapshot(),
-                              actions=self.actions.status() if self.actions is not None else {})
+                              actions=self.actions.status() if self.actions is not None else {},
+                              devices={bridge: {"state": rep.state, "device": rep.device, "message": rep.message}
+                                       for bridge, (_, rep) in sorted(self.audio_devices.items())})

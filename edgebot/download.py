@@ -1,15 +1,21 @@
 """HTTP(S) downloads for model files: progress, resume after interruption, checksums, clear errors.
 
 Standard library only (urllib), so it works on a fresh board before anything else is installed.
-A download goes to ``<dest>.part``; an interrupted one is resumed with an HTTP ``Range`` request;
-the finished file is checked against its sha256 (or the publisher's md5) and only then renamed
-into place, with a ``<dest>.sha256`` record beside it (``sha256sum -c`` format).
+A download goes to ``<dest>.part``; an interrupted one is resumed with an HTTP ``Range`` request
+guarded by ``If-Range`` (the ETag or Last-Modified of the first response, kept in
+``<dest>.part.validator``), so a file that changed upstream is fetched whole instead of joined to the
+old part. The finished file is checked against its sha256 (or the publisher's md5) — for a file
+without a published checksum, the sha256 that Hugging Face states for LFS files (``X-Linked-Etag``,
+or an ETag that is a sha256) — and only then renamed into place, with a ``<dest>.sha256`` record
+beside it (``sha256sum -c`` format).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+import re
 import socket
 import sys
 import time
@@ -17,7 +23,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, TextIO
+from typing import Any, Callable, Optional, TextIO
 
 from edgebot import __version__
 
@@ -98,15 +104,53 @@ def _offline(url: str, reason: object) -> OfflineError:
                         f"file here from a computer that has it")
 
 
-def _open(url: str, offset: int, timeout: float) -> "urllib.response.addinfourl":  # type: ignore[name-defined]
+_SHA256 = re.compile(r'^(?:W/)?"?([0-9a-f]{64})"?$')
+
+
+class _Hops(urllib.request.HTTPRedirectHandler):
+    """Follows redirects like urllib's own handler and keeps each hop's headers (Hugging Face states an
+    LFS file's sha256 as ``X-Linked-Etag`` on the redirect to its CDN, not on the final response)."""
+
+    def __init__(self) -> None:
+        self.headers: list[Any] = []
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        self.headers.append(headers)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def server_sha256(headers: list[Any]) -> str:
+    """The sha256 the server states for the file (``X-Linked-Etag``, else an ETag that is one), or ""."""
+    for name in ("X-Linked-Etag", "ETag"):
+        for h in headers:
+            m = _SHA256.match((h.get(name) or "").strip().lower())
+            if m:
+                return m.group(1)
+    return ""
+
+
+def _validator(headers: Any) -> str:
+    """What ``If-Range`` may carry for this response: a strong ETag, else Last-Modified, else ""."""
+    etag = (headers.get("ETag") or "").strip()
+    if etag and not etag.startswith("W/"):
+        return etag
+    return (headers.get("Last-Modified") or "").strip()
+
+
+def _open(url: str, offset: int, timeout: float, if_range: str = "") -> tuple[Any, list[Any]]:
+    """The response (an HTTPError for 416) and the headers of the redirects on the way."""
     headers = {"User-Agent": f"edgebot/{__version__}"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
+        if if_range:
+            headers["If-Range"] = if_range
+    hops = _Hops()
     try:
-        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+        resp = urllib.request.build_opener(hops).open(urllib.request.Request(url, headers=headers), timeout=timeout)
+        return resp, hops.headers
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:
-            return exc  # the part file is already complete (or longer): checked below
+            return exc, hops.headers  # the part file is already complete (or longer): checked below
         raise DownloadError(f"{url}: the server answered HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
         raise _offline(url, exc.reason) from None
@@ -123,7 +167,11 @@ def download(url: str, dest: Path, expected: Expected, *, label: str = "",
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    validator_file = part.with_name(part.name + ".validator")
     offset = part.stat().st_size if part.exists() else 0
+    if_range = validator_file.read_text().strip() if offset and validator_file.is_file() else ""
+    if offset and not if_range and not (expected.sha256 or expected.md5):
+        offset = 0  # nothing tells whether the part is of the same file: fetch it whole
     if expected.size and offset > expected.size:
         part.unlink()
         offset = 0
@@ -131,14 +179,26 @@ def download(url: str, dest: Path, expected: Expected, *, label: str = "",
     if offset:
         stream.write(f"{label}: resuming at {offset / 1e6:.1f} MB\n")
     if not (expected.size and offset == expected.size):
-        resp = _open(url, offset, timeout)
+        resp, hops = _open(url, offset, timeout, if_range)
         status = getattr(resp, "status", None) or resp.getcode()
+        stated = server_sha256([*hops, resp.headers])
+        if stated and not expected.sha256:
+            stream.write(f"{label}: no published checksum; checking against the server's sha256 {stated}\n")
+            expected = dataclasses.replace(expected, sha256=stated)
         if status == 416:
             resp.close()
         else:
             if offset and status != 206:
-                stream.write(f"{label}: the server does not resume downloads; starting again\n")
+                stream.write(f"{label}: " + ("the file changed on the server since the part was fetched"
+                                             if if_range else "the server does not resume downloads")
+                             + "; starting again\n")
                 offset = 0
+            if status != 206:
+                validator = _validator(resp.headers)
+                if validator:
+                    validator_file.write_text(validator + "\n")
+                else:
+                    validator_file.unlink(missing_ok=True)
             length = resp.headers.get("Content-Length")
             total = offset + int(length) if length and length.isdigit() else expected.size
             meter = Progress(label, total, stream, start=offset)
@@ -171,7 +231,11 @@ def download(url: str, dest: Path, expected: Expected, *, label: str = "",
             if total and done < total:
                 raise DownloadError(f"{label}: the server closed the connection at {done} of {total} bytes; "
                                     f"the part is kept in {part}: run the same command again to resume")
-    return finish(part, dest, expected, label, stream)
+    try:
+        return finish(part, dest, expected, label, stream)
+    finally:
+        if not part.exists():
+            validator_file.unlink(missing_ok=True)
 
 
 def finish(part: Path, dest: Path, expected: Expected, label: str, stream: TextIO) -> str:

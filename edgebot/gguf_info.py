@@ -154,6 +154,8 @@ def read_gguf(path: str | Path, *, keep_arrays: bool = False) -> GGUFInfo:
     with fh:
         r = _Reader(fh, size)
         magic = fh.read(4)
+        if not magic:
+            raise GGUFError(f"{p}: is empty (0 bytes)")
         if magic != MAGIC:
             raise GGUFError(f"{p}: not a GGUF file (starts with {magic!r}, expected {MAGIC!r})")
         version = r.unpack("<I")

@@ -1,9 +1,11 @@
 """``edgebot-cli model pull|list|verify``: the models edgebot uses, where they come from, and checks.
 
 The catalogue names each file's public source and its published checksum. ``pull`` downloads
-with a progress display, resumes an interrupted download, rejects a file whose checksum does not
-match, and says plainly when the machine is offline. ``$EDGEBOT_MODEL_MIRROR`` (a base URL) makes
-every download come from a local mirror instead (a classroom server), file names unchanged.
+with a progress display, resumes an interrupted download (only if the file is unchanged upstream),
+rejects a file whose checksum does not match (the published one, else the sha256 Hugging Face
+states), and says plainly when the machine is offline. ``$EDGEBOT_MODEL_MIRROR`` (a base URL) makes
+every download come from a local mirror instead (a classroom server), file names unchanged;
+``$HF_ENDPOINT`` sends the Hugging Face downloads to a Hugging Face mirror (paths unchanged).
 Imported only by those subcommands: edgebot-cli's other commands never load it.
 """
 
@@ -19,13 +21,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
-from edgebot.config.schema import DEFAULT_MODEL
+from edgebot.config import schema
+from edgebot.config.schema import DEFAULT_MODEL, GET_MODEL
 from edgebot.download import (ChecksumError, DownloadError, Expected, OfflineError, download, file_sha256,
                               recorded_sha256, write_sha256)
 from edgebot.gguf_info import GGUFError, read_gguf
 
 MODELS_DIR = Path(DEFAULT_MODEL).parent  # /var/lib/edgebot/models
-VOICES_DIR = MODELS_DIR.parent / "voices"  # /var/lib/edgebot/voices
+VOICES_DIR = schema.VOICES_DIR  # /var/lib/edgebot/voices
 PIPER_BASE = "https://huggingface.co/rhasspy/piper-voices/resolve/v1.0.0/"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_OFFLINE = 0, 1, 2, 4
 
@@ -114,10 +117,19 @@ def load_catalogue(path: Optional[str]) -> tuple[Artifact, ...]:
         return tuple(build(i) for i in json.load(fh))
 
 
+HF_HOST = "https://huggingface.co"
+
+
 def source_url(art: Artifact) -> str:
-    """The artifact's URL, or the same file name under ``$EDGEBOT_MODEL_MIRROR``."""
+    """The artifact's URL; the same file name under ``$EDGEBOT_MODEL_MIRROR``; or, for a Hugging Face
+    URL, the same path under ``$HF_ENDPOINT`` (a Hugging Face mirror, as huggingface_hub honours it)."""
     mirror = os.environ.get("EDGEBOT_MODEL_MIRROR", "").strip()
-    return mirror.rstrip("/") + "/" + art.filename if mirror else art.url
+    if mirror:
+        return mirror.rstrip("/") + "/" + art.filename
+    endpoint = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
+    if endpoint and art.url.startswith(HF_HOST + "/"):
+        return endpoint + art.url[len(HF_HOST):]
+    return art.url
 
 
 def target_dir(art: Artifact, args: argparse.Namespace) -> Path:
@@ -286,7 +298,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for kind, path in pointed.items():
         if not Path(path).exists():
             print(f"edgebot-cli model: the config's {kind} model {path} is missing; get it with "
-                  f"`edgebot-cli model pull`", file=sys.stderr)
+                  f"`{GET_MODEL}`", file=sys.stderr)
     return EXIT_OK
 
 
@@ -324,7 +336,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print("\n".join(lines))
         print(f"{path}: {'OK' if ok else 'NOT USABLE'}")
         if not ok:
-            print("fix: get it again with `edgebot-cli model pull` (or deploy/get-model.sh)", file=sys.stderr)
+            print(f"fix: get it again with `{GET_MODEL}`", file=sys.stderr)
     return EXIT_OK if ok_all else EXIT_FAIL
 
 

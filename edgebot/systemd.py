@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from typing import Optional
 
 log = logging.getLogger(__name__)
@@ -76,18 +77,56 @@ def listen_sockets() -> list[socket.socket]:
     return socks
 
 
+# syslog priorities for journald's "<N>" line prefix (sd-daemon.h: SD_ERR "<3>", SD_WARNING "<4>", ...)
+SYSLOG_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+
+
+def stderr_is_journal() -> bool:
+    """True when stderr is the journald stream systemd connected (``$JOURNAL_STREAM`` is its
+    ``device:inode``), so a ``<N>`` prefix on each line sets the entry's priority."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = stream.partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
+class JournalPrefixFormatter(logging.Formatter):
+    """Prefixes every line of a record with its syslog priority (``<3>`` for ERROR, ``<4>`` WARNING,
+    ``<6>`` INFO, ``<7>`` DEBUG): journald's stdout stream reads one entry per line, so a traceback's
+    continuation lines keep the record's priority too. Needs no systemd-python."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        level = max((lvl for lvl in SYSLOG_PRIORITY if lvl <= record.levelno), default=logging.DEBUG)
+        prefix = f"<{SYSLOG_PRIORITY[level]}>"
+        return "\n".join(prefix + line for line in text.split("\n"))
+
+
 def setup_logging(level: str) -> None:
-    """Log to journald when started by systemd (and systemd-python is there), else to stderr."""
+    """Log to journald when started by systemd, else to stderr with a timestamp.
+
+    Under systemd: systemd-python's JournalHandler when it is installed; otherwise stderr with a
+    ``<N>`` priority prefix per line when stderr is the journal stream (so ``journalctl -p err``
+    finds errors), or plain lines (systemd adds the time) when stderr goes elsewhere.
+    """
     handler: logging.Handler
     if os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"):
         try:
             from systemd.journal import JournalHandler  # type: ignore[import-not-found]
 
-            handler = JournalHandler(SYSLOG_IDENTIFIER="edgebotd")
+            handler = JournalHandler(SYSLOG_IDENTIFIER=os.path.basename(sys.argv[0]) or "edgebot")
             handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
         except ImportError:
             handler = logging.StreamHandler()
-            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            if stderr_is_journal():
+                handler.setFormatter(JournalPrefixFormatter("%(levelname)s %(name)s: %(message)s"))
+            else:
+                handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     else:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

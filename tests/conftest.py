@@ -23,6 +23,17 @@ EDGEBOTD = str(BIN / "edgebotd")
 EDGEBOT_CLI = str(BIN / "edgebot-cli")
 
 
+def apt_line() -> str:
+    """The one command that installs every Debian package the tests use (deploy/test-packages.txt,
+    also read by deploy/dev-setup.sh and .ci/run): the reason a test skips when one is missing."""
+    text = (REPO / "deploy" / "test-packages.txt").read_text()
+    pkgs = [word for line in text.splitlines() for word in line.split("#", 1)[0].split()]
+    return "sudo apt-get install -y --no-install-recommends " + " ".join(pkgs)
+
+
+APT_LINE = apt_line()
+
+
 @pytest.fixture(scope="session")
 def script_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default script: thinking, a split ``</think>``, then "The answer is 4." and EOS."""

@@ -13,6 +13,8 @@ from typing import Iterator, Sequence, Union
 
 import pytest
 
+from conftest import APT_LINE
+
 FAKE_DIR = Path(__file__).resolve().parent / "fake_rkllm"
 
 # The default script: thinking with a </think> split across two tokens, then the answer.
@@ -44,7 +46,7 @@ def build_fake(out: Path, version: str) -> Path:
 def fake_libs(tmp_path_factory: pytest.TempPathFactory) -> FakeLibs:
     """The FAKE runtime, compiled once per test session (two versions)."""
     if shutil.which("gcc") is None:
-        pytest.skip("gcc missing: .ci/run installs build-essential")
+        pytest.skip(f"gcc missing: {APT_LINE}")
     base = tmp_path_factory.mktemp("fake_rkllm")
     return FakeLibs(build_fake(base / "v1.3.0", "1.3.0"), build_fake(base / "v1.2.3", "1.2.3"))
 

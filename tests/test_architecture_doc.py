@@ -43,7 +43,8 @@ def test_module_map_names_every_core_module() -> None:
 
 def test_engine_imports_neither_bus_nor_bridges() -> None:
     for path in (PKG / "engine").rglob("*.py"):
-        bad = {n for n in imports(path) if under(n, "edgebot") and not under(n, "edgebot.engine")}
+        bad = {n for n in imports(path) if under(n, "edgebot")
+               and not under(n, "edgebot.engine", "edgebot.config.schema")}
         assert not bad, f"{path.name} imports {bad}"
 
 
@@ -60,8 +61,61 @@ def test_bridges_and_cli_never_import_the_engine() -> None:
         assert not bad, f"{path.relative_to(REPO)} imports {bad}"
 
 
+HEAVY = ("numpy", "jinja2", "llama_cpp", "vosk", "piper", "sounddevice", "aiohttp", "jsonschema", "gguf")
+
+
+def module_path(name: str) -> Path | None:
+    """The source file of an edgebot module (a package's ``__init__.py``), else None."""
+    base = REPO / name.replace(".", "/")
+    for p in (base.with_suffix(".py"), base / "__init__.py"):
+        if p.is_file():
+            return p
+    return None
+
+
+def closure(start: str, top_level_only: bool) -> set[str]:
+    """Every module that importing ``start`` can import: edgebot modules are followed (with their
+    parent packages, which Python runs first), others are listed. ``top_level_only`` follows only
+    what runs at import time; otherwise function-level (lazy) imports count too."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if not under(name, "edgebot"):
+            continue
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        path = module_path(name)
+        if path is None:
+            continue
+        for imp in imports(path, top_level_only):
+            todo.append(imp)
+            if under(imp, "edgebot"):  # ``from edgebot.x import y`` may import the module edgebot.x.y
+                tree = ast.parse(path.read_text())
+                for node in ast.walk(tree):
+                    if isinstance(node, ast.ImportFrom) and node.module == imp:
+                        todo += [f"{imp}.{a.name}" for a in node.names if module_path(f"{imp}.{a.name}")]
+    return seen
+
+
 def test_cli_imports_nothing_heavy_at_start() -> None:
-    names = imports(PKG / "cli.py", top_level_only=True)
+    """What ``edgebot-cli ask/status`` import before they talk to the bus: the blocking client and the
+    framing, not asyncio, not the message classes, not the config (only looked up without a socket)."""
+    names = closure("edgebot.cli", top_level_only=True)
     ours = {n for n in names if under(n, "edgebot")}
-    assert all(under(n, "edgebot.bus") for n in ours), ours
-    assert not {n for n in names if under(n, "numpy", "jinja2", "llama_cpp", "vosk", "piper", "sounddevice")}
+    assert ours <= {"edgebot", "edgebot.cli", "edgebot.bus", "edgebot.bus.blocking", "edgebot.bus.framing"}, ours
+    assert not {n for n in names if under(n, "asyncio", "dataclasses", "typing_extensions", *HEAVY)}, names
+
+
+def test_cli_local_commands_never_import_the_engine() -> None:
+    """``edgebot-cli model|doctor|completion``, followed through every import, lazy ones included."""
+    from edgebot.cli import LOCAL_COMMANDS
+
+    for command, module in LOCAL_COMMANDS.items():
+        names = closure(module, top_level_only=False)
+        bad = {n for n in names if under(n, "edgebot.engine", "edgebot.dispatch", "edgebot.daemon", "llama_cpp",
+                                          "numpy", "vosk", "piper", "sounddevice", "aiohttp")}
+        assert not bad, f"edgebot-cli {command} ({module}) imports {sorted(bad)}"

@@ -104,6 +104,7 @@ def test_daemon_exits_78_on_a_config_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("content, message", [
     (None, "does not exist"),
+    (b"", "is empty (0 bytes)"),
     (b"PK\x03\x04 this is a zip", "is not a GGUF file"),
     (b"GGUF\x03\x00", "is truncated"),
 ])
@@ -114,7 +115,7 @@ def test_daemon_exits_78_on_a_bad_model_file(tmp_path: Path, content: bytes | No
     r = run_daemon("--model", str(model), cwd=tmp_path)
     assert r.returncode == 78
     assert f"model file {model} {message}" in r.stderr
-    assert "deploy/get-model.sh" in r.stderr
+    assert "sudo edgebot-cli model pull" in r.stderr
 
 
 def test_daemon_exits_78_on_a_truncated_gguf(tmp_path: Path, script_model: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import APT_LINE
 from edgebot.config import load_config
 from edgebot.engine.backends import rkllm_api as api
 
@@ -36,10 +37,11 @@ def install(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
                           env={**os.environ, **env})
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck missing: .ci/run installs it")
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason=f"shellcheck missing: {APT_LINE}")
 def test_deploy_scripts_are_shellcheck_clean() -> None:
-    scripts = sorted(str(p) for p in (REPO / "deploy").glob("*.sh"))
-    assert str(INSTALL) in scripts
+    scripts = sorted(str(p) for pattern in ("deploy/*.sh", "tests/appliance/*.sh", "tests/boards/*.sh")
+                     for p in REPO.glob(pattern))
+    assert str(INSTALL) in scripts and len(scripts) >= 6
     r = subprocess.run(["shellcheck", *scripts], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout
 
@@ -81,7 +83,7 @@ def test_dry_run_options(tmp_path: Path) -> None:
     assert "model pull deepseek-r1-distill-qwen-1.5b-q4_k_m\n" in r.stdout  # no voices without voice
     assert "    | n_ctx = 2048" in r.stdout  # a 1953 MiB board gets the small context
     r = install("rpi5", "--dry-run", "--lang", "zh", "--no-models", env={**env, **fake_system(tmp_path)})
-    assert "skipped (--no-models)" in r.stdout and "model pull" not in r.stdout
+    assert "skipped (--no-models)" in r.stdout and "would run: /opt/edgebot/venv/bin/edgebot-cli model pull" not in r.stdout
 
 
 @pytest.mark.parametrize("args, system, extra, code, message", [
@@ -110,7 +112,7 @@ def test_fails_early_and_clearly(tmp_path: Path, args: tuple[str, ...], system: 
     assert "would run" not in r.stdout  # failed before planning any change
 
 
-@pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd missing: .ci/run installs it")
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason=f"systemd-sysusers missing: {APT_LINE}")
 def test_second_run_changes_nothing(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
@@ -166,3 +168,87 @@ def test_install_pins_the_same_runtime_as_the_bindings() -> None:
     pins = dict(re.findall(r"^(RKLLM_VERSION|RKLLM_TAG|RKLLM_BLOB|MIN_NPU_DRIVER)=(\S+)$", text, re.M))
     assert pins == {"RKLLM_VERSION": api.RUNTIME_VERSION, "RKLLM_TAG": api.RUNTIME_TAG,
                     "RKLLM_BLOB": api.LIBRARY_BLOBS["aarch64"], "MIN_NPU_DRIVER": api.MIN_DRIVER}
+
+
+def test_no_models_enables_without_starting(tmp_path: Path) -> None:
+    env = {**fake_system(tmp_path), "EDGEBOT_ARCH": "aarch64"}
+    r = install("rpi5", "--dry-run", "--no-models", env=env)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.split("==> enable at boot and start")[1]
+    assert "would run: systemctl enable edgebot.service edgebot-speech-in.service edgebot-speech-out.service\n" in out
+    assert "would run: systemctl enable --now edgebot.socket\n" in out  # the bus is there; edgebotd is not started
+    assert "then: sudo systemctl start edgebot.service edgebot-speech-in.service edgebot-speech-out.service" in out
+
+
+def test_wheel_installs_the_prebuilt_llama_without_a_compiler(tmp_path: Path) -> None:
+    env = {**fake_system(tmp_path), "EDGEBOT_ARCH": "aarch64"}
+    wheel = tmp_path / "llama_cpp_python-0.3.36-cp311-cp311-linux_aarch64.whl"
+    wheel.write_bytes(b"PK\x05\x06" + bytes(18))
+    r = install("rpi5", "--dry-run", "--wheel", str(wheel), env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"pip install --no-cache-dir --force-reinstall --no-deps {wheel}\n" in r.stdout
+    assert "--no-binary llama-cpp-python" not in r.stdout
+    wanted = re.search(r"wanted: (.*)", r.stdout).group(1).split()
+    assert "build-essential" not in wanted and "cmake" not in wanted and "libgomp1" in wanted
+    other = tmp_path / "llama_cpp_python-0.3.20-cp311-cp311-linux_aarch64.whl"
+    other.write_bytes(b"")
+    r = install("rpi5", "--dry-run", "--wheel", str(other), env=env)
+    assert r.returncode == 2 and "is not a llama_cpp_python-0.3.36-*.whl" in r.stderr
+    r = install("rpi5", "--dry-run", "--wheel", str(tmp_path / "nope.whl"), env=env)
+    assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_http_plans_the_extra_the_config_and_the_network_dropin(tmp_path: Path) -> None:
+    env = {**fake_system(tmp_path), "EDGEBOT_ARCH": "aarch64"}
+    r = install("rpi5", "--dry-run", "--http", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "[serial,mqtt,wyoming,voice,http]" in r.stdout
+    assert "    | [http]\n" in r.stdout and "    | enabled = true\n" in r.stdout
+    assert "would write /etc/systemd/system/edgebot.service.d/network.conf:" in r.stdout
+    assert "    | PrivateNetwork=no\n    | RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6\n" \
+           "    | IPAddressAllow=localhost\n" in r.stdout
+    r = install("rpi5", "--dry-run", env=env)
+    assert "network.conf" not in r.stdout and "no network for edgebotd" in r.stdout
+
+
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason=f"systemd-sysusers missing: {APT_LINE}")
+def test_network_dropin_follows_the_config_and_commands_go_on_path(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    env = {**fake_system(tmp_path), "EDGEBOT_ARCH": "aarch64"}
+    first = install("rpi5", "--root", str(root), "--http", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    for c in ("edgebot-cli", "edgebotd", "edgebot-serial", "edgebot-speech-in", "edgebot-speech-out"):
+        assert os.readlink(root / "usr/local/bin" / c) == f"/opt/edgebot/venv/bin/{c}"
+    dropin = root / "etc/systemd/system/edgebot.service.d/network.conf"
+    assert "IPAddressAllow=localhost\n" in dropin.read_text()
+    conf = root / "etc/edgebot/edgebot.toml"
+    assert load_config(conf, environ={}).get("http", "enabled") is True
+    again = install("rpi5", "--root", str(root), "--http", env=env)
+    assert again.stdout.rstrip().endswith("(no changes)"), again.stdout
+    # a LAN address (with its token) widens the drop-in to the private ranges, never the internet
+    conf.write_text(conf.read_text().replace("enabled = true", 'enabled = true\nhost = "0.0.0.0"\ntoken = "s3cret"'))
+    lan = install("rpi5", "--root", str(root), env=env)
+    assert lan.returncode == 0, lan.stderr
+    assert lan.stdout.rstrip().endswith("install.sh: done. Check it with: edgebot-cli doctor   (ask: edgebot-cli ask \"Hello\")"), \
+        lan.stdout  # a changed drop-in is a change (it was lost in a pipe's subshell: "no changes", no daemon-reload)
+    assert "IPAddressAllow=localhost link-local 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 fc00::/7\n" in dropin.read_text()
+    # the remote backend needs the LAN too; a config without either removes the drop-in again
+    conf.write_text('board = "rpi5"\n[llm]\nbackend = "remote"\nremote_url = "http://192.168.1.20:8000/v1"\n')
+    remote = install("rpi5", "--root", str(root), env=env)
+    assert remote.returncode == 0 and "network for edgebotd: lan only" in remote.stdout, remote.stdout
+    conf.write_text('board = "rpi5"\n')
+    plain = install("rpi5", "--root", str(root), env=env)
+    assert plain.returncode == 0 and not dropin.exists() and "run: rm -f" in plain.stdout
+
+
+def test_one_list_of_test_packages() -> None:
+    """deploy/test-packages.txt is the only list: .ci/run and dev-setup.sh read it, and it names what the
+    skip reasons promise (systemd, shellcheck, PulseAudio)."""
+    for script in (REPO / ".ci" / "run", REPO / "deploy" / "dev-setup.sh"):
+        text = script.read_text()
+        assert "deploy/test-packages.txt" in text, script
+        assert not re.search(r"apt-get install[^\n$]*\b(shellcheck|pulseaudio|espeak-ng)\b", text), script
+    assert APT_LINE.startswith("sudo apt-get install -y --no-install-recommends build-essential cmake python3-venv ")
+    for pkg in ("systemd", "shellcheck", "pulseaudio", "espeak-ng", "libportaudio2"):
+        assert f" {pkg} " in APT_LINE + " "

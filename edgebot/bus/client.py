@@ -1,6 +1,7 @@
 """An asyncio bus client: connect, hello/welcome, send typed messages, receive typed messages.
 
-Used by edgebot-cli and by the bridges' shared supervisor; imports nothing heavy.
+Used by the bridges' shared supervisor; edgebot-cli uses the blocking client (``blocking``), which
+shares its errors.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from typing import AsyncIterator, Optional
 
 import edgebot
 from edgebot.bus import codec
+from edgebot.bus.blocking import BusUnavailable, unavailable
 from edgebot.bus.messages import Error, Hello, Message, Welcome
 from edgebot.bus.sockdir import UnsafeSocketDir, check_socket_dir
 
 
-class BusUnavailable(Exception):
-    """The daemon's socket cannot be reached; the message says how to start it."""
+class BusRefused(BusUnavailable):
+    """edgebotd answered the connection with an error instead of ``welcome`` (it cannot start, or
+    this user is not allowed): retrying at once cannot help."""
 
 
 class BusClient:
@@ -38,16 +41,8 @@ class BusClient:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(path, limit=codec.MAX_LINE_BYTES + 1), timeout)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise BusUnavailable(
-                f"edgebotd is not running on {path} ({exc.strerror or exc}). Start it with "
-                f"`sudo systemctl start edgebot`, or `edgebotd --model MODEL.gguf` for a foreground daemon, "
-                f"or point --socket / EDGEBOT_SOCKET at the right socket.") from None
-        except PermissionError:
-            raise BusUnavailable(f"permission denied on {path}: add your user to the 'edgebot' group "
-                                 f"(sudo usermod -aG edgebot $USER, then log in again)") from None
         except (OSError, asyncio.TimeoutError) as exc:
-            raise BusUnavailable(f"cannot connect to edgebotd at {path}: {exc}") from None
+            raise unavailable(path, exc) from None
         self = cls(reader, writer, path)
         await self.send(Hello(client=client, version=edgebot.__version__, role=role))
         try:
@@ -59,7 +54,8 @@ class BusClient:
                     self.welcome = msg
                     return self
                 if isinstance(msg, Error):
-                    raise BusUnavailable(f"edgebotd refused the connection: {msg.message}")
+                    await self.close()
+                    raise BusRefused(f"edgebotd refused the connection: {msg.message}")
         except asyncio.TimeoutError:
             await self.close()
             raise BusUnavailable(f"edgebotd at {path} did not answer hello within {timeout:g} s") from None

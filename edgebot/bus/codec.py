@@ -2,40 +2,28 @@
 
 ``encode`` gives ``{"type": ..., "data": {...}}\\n`` as UTF-8 bytes; ``decode`` turns one line
 back into a typed message or raises :class:`ProtocolError` with a code from
-``messages.ERROR_CODES`` and a message a person can act on.
+``messages.ERROR_CODES`` and a message a person can act on. The framing itself (line <-> envelope)
+is ``framing``; this module adds the typed messages and their field checks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import types
 import typing
 from functools import lru_cache
 from typing import Any, Literal, Union
 
+from edgebot.bus.framing import MAX_LINE_BYTES, ProtocolError, decode_envelope, encode_envelope
 from edgebot.bus.messages import BY_TYPE, Message
 
-MAX_LINE_BYTES = 1 << 20  # bytes: what clients accept; the hub enforces its own [bus] max_line_bytes
-
-
-class ProtocolError(Exception):
-    """A line that is not a valid message. ``code`` is machine-readable."""
-
-    def __init__(self, code: str, message: str, msg_id: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.msg_id = msg_id
+__all__ = ["MAX_LINE_BYTES", "ProtocolError", "encode", "decode", "from_dict"]
 
 
 def encode(msg: Message) -> bytes:
     """One message as a JSON line (UTF-8, newline-terminated)."""
-    data = {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}
-    data = {k: v for k, v in data.items() if v is not None}
-    return (json.dumps({"type": msg.TYPE, "data": data}, ensure_ascii=False, separators=(",", ":"),
-                       allow_nan=False) + "\n").encode()
+    return encode_envelope(msg.TYPE, {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)})
 
 
 @lru_cache(maxsize=None)
@@ -110,43 +98,6 @@ def from_dict(type_name: str, data: dict[str, Any]) -> Message:
     return cls(**kwargs)
 
 
-def _no_constant(name: str) -> Any:
-    """``json.loads`` hook: NaN, Infinity and -Infinity are not JSON (RFC 8259), so refuse them."""
-    raise ValueError(f"{name} is not a JSON number; send a finite number or omit the field")
-
-
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
 def decode(line: bytes | str) -> Message:
     """Parse one line (with or without its newline) into a typed message."""
-    if isinstance(line, bytes):
-        try:
-            line = line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ProtocolError("bad-json", f"line is not UTF-8: {exc.reason} at byte {exc.start}") from None
-    try:
-        obj = json.loads(line, parse_constant=_no_constant)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ProtocolError("bad-json", f"line is not JSON: {exc}") from None
-    except ValueError as exc:  # NaN/Infinity, or an integer over Python's 4,300-digit limit
-        why = str(exc) if "JSON number" in str(exc) else "an integer has more than 4,300 digits; send a shorter number"
-        raise ProtocolError("bad-json", f"line is not JSON edgebot accepts: {why}") from None
-    if _SURROGATE_ESCAPE.search(line):  # a \ud800-style escape may leave a lone surrogate, which is no character
-        try:
-            json.dumps(obj, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise ProtocolError("bad-json", "line contains a lone UTF-16 surrogate escape (\\ud800-\\udfff), "
-                                            "which is not a character") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError("bad-envelope", 'a line must be an object {"type": ..., "data": {...}}')
-    type_name = obj.get("type")
-    data = obj.get("data", {})
-    if not isinstance(type_name, str):
-        raise ProtocolError("bad-envelope", 'missing "type" (a string)')
-    if not isinstance(data, dict):
-        raise ProtocolError("bad-envelope", '"data" must be an object')
-    extra = sorted(set(obj) - {"type", "data"})
-    if extra:
-        raise ProtocolError("bad-envelope", f"unexpected envelope key(s) {', '.join(extra)}")
-    return from_dict(type_name, data)
+    return from_dict(*decode_envelope(line))

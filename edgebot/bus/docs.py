@@ -49,7 +49,8 @@ ROUTES: dict[str, tuple[str, str]] = {
     "answer-delta": ("edgebotd", "the asker, and subscribers of the type"),
     "answer-end": ("edgebotd", "the asker, and subscribers of the type"),
     "cancel": ("client", "edgebotd, which relays it to subscribers of the type"),
-    "say": ("client", "subscribers of `say` (edgebot-speech-out); the sender gets `ack`"),
+    "say": ("client", "subscribers of `say` (edgebot-speech-out); the sender gets `ack`, or `not-ready` when "
+                      "speech-out reported its speaker missing (nothing would be spoken)"),
     "heard": ("edgebot-speech-in", "subscribers of the type (relayed, no reply)"),
     "speaking": ("edgebot-speech-out (role `speech-out` only)", "subscribers of the type (relayed, no reply); "
                  "edgebotd sends the `stop` itself when a start expires or its speaker leaves"),
@@ -158,6 +159,8 @@ FIELD_HELP: dict[tuple[str, str], str] = {
     ("status-report", "server_version"): "edgebot version of the daemon.",
     ("status-report", "model"): "Path of the GGUF file.",
     ("status-report", "state"): "Engine state: `starting`, `loading`, `ready`, `failed` or `stopped`.",
+    ("status-report", "load_progress"): "While `loading`: percent (0-100) of the model's tensor data mapped/read, "
+                                        "from llama.cpp's progress callback; omitted otherwise.",
     ("status-report", "queue"): "`{waiting, max, running, idle, submitted}`: asks waiting, the queue's limit, the "
                                 "id being answered (or null), whether the engine is idle (no job, no "
                                 "cache re-basing), and how many engine jobs bus asks have started since "

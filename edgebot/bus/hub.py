@@ -21,6 +21,7 @@ from edgebot.bus import codec
 from edgebot.bus.messages import AnswerDelta, Error, Hello, Message, ThinkDelta
 from edgebot.bus.peercred import AllowList, PeerCred, read_peercred
 from edgebot.bus.sockdir import check_socket_dir
+from edgebot.config.schema import default
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +32,13 @@ class Limits:
     message within ``first_message_s`` seconds, at most ``max_clients`` connections and
     ``max_clients_per_uid`` of one uid (root and edgebotd's own user exempt)."""
 
-    max_line_bytes: int = 1 << 20
-    queue_max: int = 1024
-    rate: float = 200.0
-    burst: int = 1000
-    first_message_s: float = 10.0
-    max_clients: int = 64
-    max_clients_per_uid: int = 0  # 0: no limit
+    max_line_bytes: int = default("bus.max_line_bytes")
+    queue_max: int = default("bus.client_queue_max")
+    rate: float = default("bus.client_rate")
+    burst: int = default("bus.client_burst")
+    first_message_s: float = default("bus.first_message_s")
+    max_clients: int = default("bus.max_clients")
+    max_clients_per_uid: int = default("bus.max_clients_per_uid")  # 0: no limit
 
 MERGE_LIMIT = 64 * 1024  # characters: a merged delta never grows past this, so lines stay far below the limit
 

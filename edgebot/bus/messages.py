@@ -237,6 +237,8 @@ class StatusReport(Message):
     server_version: str
     model: str
     state: str
+    load_progress: Optional[float] = None
+    """While ``state`` is ``loading``: percent of the model file loaded, where the backend tells."""
     queue: dict[str, Any] = field(default_factory=dict)
     sessions: list[dict[str, Any]] = field(default_factory=list)
     last_tokens_per_s: Optional[float] = None
@@ -251,6 +253,9 @@ class StatusReport(Message):
     """What speech-out is speaking: ``[{id, client, since_s}]``; a start ends after ``[bus] speaking_max_s``."""
     actions: dict[str, Any] = field(default_factory=dict)
     """``{enabled, declared: [{name, description, parameters, port, confirm, rate_limit, ...}]}``."""
+    devices: dict[str, Any] = field(default_factory=dict)
+    """The bridges' devices as they last reported them: ``{"speech-out": {state, device, message}, ...}``
+    from ``audio-device``; the key is the bridge (speech-in, speech-out); only connected bridges."""
 
 
 @dataclass

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import pwd
 import stat
-from typing import Optional
 
 
 class UnsafeSocketDir(OSError):
@@ -40,7 +39,7 @@ def _owner(uid: int) -> str:
         return f"uid {uid}"
 
 
-def unsafe_reason(path: str) -> Optional[str]:
+def unsafe_reason(path: str) -> "str | None":
     """Why the directories holding socket ``path`` cannot be trusted, or None when they can.
     Directories that do not exist yet are skipped (edgebotd creates them, mode 0755)."""
     trusted = _trusted_uids()

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+from edgebot.config.errors import ConfigError
 from edgebot.config.schema import ARRAY_SECTIONS, BY_SECTION, KEYS, SECTIONS, TOP_LEVEL, Config, Key
 
 if sys.version_info >= (3, 11):
@@ -23,12 +24,10 @@ else:  # pragma: no cover - exercised on Python 3.10 boards
     import tomli as tomllib
 
 SYSTEM_CONFIG = Path("/etc/edgebot/edgebot.toml")
+__all__ = ["ConfigError", "load_config", "tomllib"]
+
 REPO_BOARD_DIR = Path(__file__).resolve().parents[2] / "board-configs"
 BOARD_DIRS = (Path("/etc/edgebot/board-configs"), Path("/opt/edgebot/board-configs"), REPO_BOARD_DIR)
-
-
-class ConfigError(Exception):
-    """A configuration mistake; the message names the key, the source and what is allowed."""
 
 
 def _suggest(word: str, options: list[str]) -> str:

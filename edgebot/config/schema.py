@@ -6,8 +6,10 @@ Validation (``loader``), the documentation (``docs/configuration.md`` is generat
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 # Value kinds a key can have. "table:int" is a TOML table whose values are integers.
@@ -73,6 +75,13 @@ def default_socket_path() -> str:
 
 
 DEFAULT_MODEL = "/var/lib/edgebot/models/DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf"
+MODELS_DIR = os.path.dirname(DEFAULT_MODEL)
+"""Where ``edgebot-cli model pull`` puts LLMs (/var/lib/edgebot/models)."""
+VOICES_DIR = Path(MODELS_DIR).parent / "voices"
+"""Where ``edgebot-cli model pull`` and deploy/install.sh put speech models (/var/lib/edgebot/voices)."""
+GET_MODEL = "sudo edgebot-cli model pull"
+"""The one instruction for getting the models (deploy/get-model.sh is the same command for a checkout
+that is not installed yet); every "model missing" message quotes it."""
 
 KEYS: tuple[Key, ...] = (
     # [llm]: the model and how it samples
@@ -367,6 +376,22 @@ class Config:
     @property
     def socket_path(self) -> str:
         return self.values["bus"]["socket"] or default_socket_path()
+
+
+BY_DOTTED: dict[str, Key] = {k.dotted: k for k in KEYS}
+
+
+def default(dotted: str) -> Any:
+    """The default of ``section.key`` as the schema states it: the one place a default lives.
+
+    Dataclasses elsewhere take their field defaults from here (``field(default_factory=...)`` for
+    tables and lists, so each instance gets its own copy)."""
+    return copy.deepcopy(BY_DOTTED[dotted].default)
+
+
+def default_factory(dotted: str) -> Any:
+    """A ``dataclasses.field`` default factory for ``section.key``."""
+    return lambda: default(dotted)
 
 
 def render_markdown() -> str:

@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
+from edgebot.config.schema import default
 from edgebot.engine.prompt import Turn
 from edgebot.engine.schema_limits import check_schema
 
@@ -34,10 +35,10 @@ class SamplingParams:
     (what follows the thinking) to a document valid against it: a grammar for llama.cpp, the
     ``response_format`` for a remote server."""
 
-    temperature: float = 0.6
-    top_p: float = 0.95
-    top_k: int = 40
-    seed: int = -1
+    temperature: float = default("llm.temperature")
+    top_p: float = default("llm.top_p")
+    top_k: int = default("llm.top_k")
+    seed: int = default("llm.seed")
     json_schema: Optional[str] = None
 
 
@@ -83,6 +84,9 @@ class BackendInfo:
 
 class Backend(ABC):
     """A loaded model that can render, count and generate."""
+
+    load_progress: Optional[float] = None
+    """Percent (0-100) of the model loaded, while ``load`` runs, for backends that can tell; else None."""
 
     @abstractmethod
     def load(self) -> None:

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
+from edgebot.config.schema import default
 from edgebot.engine.backend import SamplingParams
 from edgebot.engine.prompt import Turn
 
@@ -63,9 +64,9 @@ class Job:
     sink: Sink
     session: Optional[str] = None
     show_think: bool = False
-    max_tokens: int = 1024
-    think_budget: int = 512
-    priority: int = 2
+    max_tokens: int = default("llm.max_tokens")
+    think_budget: int = default("llm.think_budget")["default"]
+    priority: int = default("engine.priorities")["default"]
     history: Optional[list[Turn]] = None
     sampling: Optional[SamplingParams] = None
     stop: tuple[str, ...] = ()
@@ -86,10 +87,12 @@ class Job:
 
 @dataclass
 class EngineSettings:
+    """The engine's part of the configuration; every default is the schema's (edgebot.config.schema)."""
+
     sampling: SamplingParams = field(default_factory=SamplingParams)
-    queue_max: int = 8
-    session_idle_s: float = 900.0
-    max_sessions: int = 64
-    answer_reserve: int = 512
-    persona: str = ""
-    stall_s: float = 0.0  # seconds without a token in a running job before alive() is False; 0 = never
+    queue_max: int = default("engine.queue_max")
+    session_idle_s: float = default("engine.session_idle_s")
+    max_sessions: int = default("engine.max_sessions")
+    answer_reserve: int = default("engine.answer_reserve")
+    persona: str = default("llm.persona")
+    stall_s: float = default("daemon.stall_s")  # seconds without a token in a running job before alive() is False; 0 = never

@@ -128,7 +128,8 @@ class Engine:
                               "running": self._current.id if self._current else None,
                               "idle": not self._queue and self._current is None and self._rebase is None
                               and not self._rebasing},
-                    "sessions": self.sessions.snapshot(), "last_tokens_per_s": self.last_tokens_per_s}
+                    "sessions": self.sessions.snapshot(), "last_tokens_per_s": self.last_tokens_per_s,
+                    "load_progress": self.backend.load_progress if self.state == "loading" else None}
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Refuse new jobs, cancel everything (queued and running jobs end ``cancelled``), stop the thread."""

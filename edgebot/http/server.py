@@ -156,6 +156,10 @@ class HttpApi:
         try:
             self._server = await asyncio.get_running_loop().create_server(self._cap, self.host, self.port,
                                                                           reuse_address=True)
+            if not self._server.sockets:  # asyncio skips an address whose socket() fails (a forbidden family)
+                self._server.close()
+                raise OSError(f"no socket could be opened for {self.host}:{self.port} (the address family is not "
+                              f"allowed here: under systemd, RestrictAddressFamilies= lacks AF_INET/AF_INET6)")
         except OSError:
             await runner.cleanup()
             raise

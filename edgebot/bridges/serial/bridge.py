@@ -29,6 +29,7 @@ from edgebot.bridges.serial.port import PortUnavailable, SerialLink, open_serial
 from edgebot.bridges.supervisor import Bridge, BusLink, base_parser, bridge_main
 from edgebot.bus import messages as m
 from edgebot.config import Config, ConfigError
+from edgebot.config.schema import default
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +43,16 @@ class PortSettings:
     """One ``[[serial]]`` entry (units as in the schema: seconds, bytes, tokens)."""
 
     port: str
-    baud: int = 115200
-    checksum: str = "required"
-    window: int = 1
-    chunk_bytes: int = 48
-    flush_s: float = 0.05
-    timeout_s: float = 1.0
-    hello_timeout_s: float = 3.0
-    ascii: bool = False
-    session: str = ""
-    think_budget: int = -1
+    baud: int = default("serial.baud")
+    checksum: str = default("serial.checksum")
+    window: int = default("serial.window")
+    chunk_bytes: int = default("serial.chunk_bytes")
+    flush_s: float = default("serial.flush_s")
+    timeout_s: float = default("serial.timeout_s")
+    hello_timeout_s: float = default("serial.hello_timeout_s")
+    ascii: bool = default("serial.ascii")
+    session: str = default("serial.session")
+    think_budget: int = default("serial.think_budget")
 
     @classmethod
     def from_entry(cls, entry: dict[str, Any]) -> "PortSettings":
@@ -394,7 +395,9 @@ class SerialBridge(Bridge):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = base_parser("edgebot-serial", "Serve one microcontroller port with the edgebot line protocol v1 "
-                                           "(docs/serial-protocol.md).")
+                                           "(docs/serial-protocol.md).",
+                         examples="  edgebot-serial --port /dev/ttyUSB0\n"
+                                  "  edgebot-serial --port /dev/serial/by-id/usb-Arduino... --baud 9600")
     parser.add_argument("--port", help="serial device, e.g. /dev/serial/by-id/usb-... or ttyUSB0 "
                                        "(default: the one [[serial]] entry)")
     parser.add_argument("--baud", type=int, help="line speed in bits/s (default: the entry's baud, 115200)")

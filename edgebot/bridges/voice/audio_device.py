@@ -45,9 +45,9 @@ class DeviceInfo:
 def sounddevice() -> Any:
     """The ``sounddevice`` module, or AudioDeviceError saying how to install it."""
     try:
-        import sounddevice as sd  # noqa: PLC0415 - heavy, optional (the `voice` extra)
+        import sounddevice as sd  # noqa: PLC0415 - heavy, optional (the speech-in/speech-out extras)
     except ImportError as exc:
-        raise AudioDeviceError(f"sounddevice is not installed ({exc}); install edgebot[voice]") from None
+        raise AudioDeviceError(f"sounddevice is not installed ({exc}); install edgebot[speech-in] or edgebot[speech-out]") from None
     except OSError as exc:  # libportaudio2 missing
         raise AudioDeviceError(f"PortAudio cannot be loaded ({exc}); install libportaudio2") from None
     return sd
@@ -191,7 +191,7 @@ class Resampler:
     """
 
     def __init__(self, src_rate: float, dst_rate: float, taps: int = 31) -> None:
-        import numpy as np  # noqa: PLC0415 - numpy is part of the `voice` extra
+        import numpy as np  # noqa: PLC0415 - numpy is part of the speech-in/speech-out extras
 
         self.np = np
         self.ratio = src_rate / dst_rate

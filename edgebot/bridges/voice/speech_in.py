@@ -284,7 +284,9 @@ def build(args: argparse.Namespace, config: Config) -> SpeechIn:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = base_parser("edgebot-speech-in", "Speech in: microphone -> vosk -> questions on the edgebot bus.")
+    parser = base_parser("edgebot-speech-in", "Speech in: microphone -> vosk -> questions on the edgebot bus.",
+                         examples="  edgebot-speech-in --list-devices\n"
+                                  "  edgebot-speech-in --device USB --mode wake")
     parser.add_argument("--device", help="input device: name substring or index ([speech_in] device)")
     parser.add_argument("--mode", choices=("always", "wake", "push"), help="[speech_in] mode")
     parser.add_argument("--list-devices", action="store_true", help="list input devices and exit")

@@ -295,7 +295,9 @@ def build(args: argparse.Namespace, config: Config) -> SpeechOut:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = base_parser("edgebot-speech-out", "Speech out: answers and `say` events -> piper -> speaker.")
+    parser = base_parser("edgebot-speech-out", "Speech out: answers and `say` events -> piper -> speaker.",
+                         examples="  edgebot-speech-out --list-devices\n"
+                                  "  edgebot-speech-out --device USB --voice /var/lib/edgebot/voices/en_US-lessac-medium.onnx")
     parser.add_argument("--device", help="output device: name substring or index ([speech_out] device)")
     parser.add_argument("--voice", help="piper voice .onnx or voice package ([speech_out] voice)")
     parser.add_argument("--list-devices", action="store_true", help="list output devices and exit")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from edgebot.bridges.voice.recognizer import VOICES_DIR, installed_model_packages, package_dir
+from edgebot.bridges.voice.model_files import VOICES_DIR, installed_model_packages, package_dir
 
 log = logging.getLogger(__name__)
 logging.getLogger("piper").setLevel(logging.INFO)  # piper logs every sentence's phonemes at DEBUG
@@ -94,7 +94,7 @@ class Voice:
         try:
             from piper import PiperVoice, SynthesisConfig  # noqa: PLC0415 - GPL-3.0, optional `tts` extra
         except ImportError as exc:
-            raise VoiceError(f"piper-tts is not installed ({exc}); install edgebot[tts] (GPL-3.0)") from None
+            raise VoiceError(f"piper-tts is not installed ({exc}); install edgebot[speech-out] (piper-tts, GPL-3.0)") from None
         t0 = time.monotonic()
         try:
             self.voice = PiperVoice.load(model, config_path=config)

@@ -10,6 +10,7 @@ server-sent events itself.
 
 from __future__ import annotations
 
+import codecs
 import json
 import socket
 import ssl
@@ -133,10 +134,15 @@ class Response:
         return out
 
     def events(self) -> Iterator[str]:
-        """The ``data`` of each server-sent event, until ``[DONE]`` or the end of the body."""
+        """The ``data`` of each server-sent event, until ``[DONE]`` or the end of the body.
+
+        The body is decoded with an incremental UTF-8 decoder: a character split across two network
+        reads or two chunks (a CJK character is 3 bytes) is held until its last byte arrives.
+        """
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
         text, data = "", []
         for chunk in self.body():
-            text += chunk.decode("utf-8", "replace")
+            text += decoder.decode(chunk)
             while "\n" in text:
                 line, text = text.split("\n", 1)
                 line = line.rstrip("\r")

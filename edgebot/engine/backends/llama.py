@@ -8,6 +8,7 @@ token, the KV-cache prefix reused across turns (and counted), text injected into
 from __future__ import annotations
 
 import codecs
+import contextlib
 import logging
 import os
 import random
@@ -15,8 +16,9 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
+from edgebot.config.schema import GET_MODEL as GET_MODEL_COMMAND
 from edgebot.engine.backend import (Backend, BackendInfo, GenerationResult, ModelError, PieceCallback,
                                     PreparedPrompt, SamplingParams)
 from edgebot.engine.prompt import Turn, render_segments
@@ -39,7 +41,7 @@ itself (not through its log callback): ~120 KB per request for ``maxLength: 1500
 bounds keep grammars small, and the converter's known way of writing one llama.cpp refuses (regex
 escapes such as ``\\d`` copied into a literal) is caught before llama.cpp sees it."""
 
-GET_MODEL = ("Get the model with `deploy/get-model.sh` (DeepSeek-R1-Distill-Qwen-1.5B Q4_K_M GGUF) "
+GET_MODEL = (f"Get the model with `{GET_MODEL_COMMAND}` (DeepSeek-R1-Distill-Qwen-1.5B Q4_K_M GGUF) "
              "or set [llm] model / --model to a GGUF file.")
 
 
@@ -56,6 +58,8 @@ def check_model_file(path: str) -> None:
     except PermissionError:
         raise ModelError(f"model file {path} is not readable by this user (uid {os.getuid()}); "
                          f"fix its permissions (e.g. chmod 0644)") from None
+    if not head:
+        raise ModelError(f"model file {path} is empty (0 bytes). {GET_MODEL}")
     if head[:4] != b"GGUF":
         raise ModelError(f"model file {path} is not a GGUF file (it starts with {head[:4]!r}). {GET_MODEL}")
     if len(head) < 24:
@@ -91,6 +95,43 @@ def _unknown_escape(gbnf: str) -> str:
     return ""
 
 
+@contextlib.contextmanager
+def load_progress(backend: Backend, log_every: float = 10.0) -> Iterator[None]:
+    """While a ``Llama`` is built: llama.cpp's ``progress_callback`` (in ``llama_model_params``, the
+    fraction of the tensor data mapped/read) goes to ``backend.load_progress`` (percent) and to the
+    log every ``log_every`` percent. ``Llama()`` takes no callback, so its default params get one for
+    the duration (only the engine thread builds a ``Llama``)."""
+    import llama_cpp.llama_cpp as lib
+
+    default_params = lib.llama_model_default_params
+    logged = [-log_every]
+
+    def on_progress(fraction: float, _user: object) -> bool:
+        try:
+            backend.load_progress = percent = round(min(max(fraction, 0.0), 1.0) * 100, 1)
+            if percent >= logged[0] + log_every or (percent == 100 and logged[0] < 100):
+                logged[0] = percent
+                log.info("loading %s: %.0f %%", getattr(backend, "model_path", "the model"), percent)
+        except Exception:  # noqa: BLE001 - never abort the load (returning False would) for a log line
+            pass
+        return True
+
+    callback = lib.llama_progress_callback(on_progress)  # kept alive until the load returns
+
+    def params_with_progress() -> Any:
+        params = default_params()
+        params.progress_callback = callback
+        return params
+
+    backend.load_progress = 0.0
+    lib.llama_model_default_params = params_with_progress
+    try:
+        yield
+    finally:
+        lib.llama_model_default_params = default_params
+        backend.load_progress = None
+
+
 class LlamaBackend(Backend):
     """One ``llama_cpp.Llama``; every method but ``load``/``info`` runs on the engine thread."""
 
@@ -118,9 +159,10 @@ class LlamaBackend(Backend):
         import llama_cpp  # heavy: imported only by the daemon
 
         try:
-            llm = llama_cpp.Llama(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads,
-                                  n_threads_batch=self.n_threads, n_batch=self.n_batch,
-                                  use_mmap=self.use_mmap, use_mlock=self.use_mlock, verbose=False)
+            with load_progress(self):
+                llm = llama_cpp.Llama(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads,
+                                      n_threads_batch=self.n_threads, n_batch=self.n_batch,
+                                      use_mmap=self.use_mmap, use_mlock=self.use_mlock, verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelError(f"model file {self.model_path} could not be loaded by llama.cpp ({exc}); "
                              f"it may be truncated, corrupt or of an unsupported architecture. {GET_MODEL}") from None
