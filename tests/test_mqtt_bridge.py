@@ -157,7 +157,7 @@ def test_plain_ask_streams_the_exact_scripted_answer(client: Client) -> None:
     msgs, end = client.answer()
     assert msgs[0]["type"] == "start" and msgs[0]["question"] == "What is 2+2?"
     deltas = [m["text"] for m in msgs if m["type"] == "delta"]
-    assert len(deltas) > 1, "the answer is streamed in pieces"
+    assert deltas, "the answer is streamed in delta messages (the bus merges pieces a slow reader has not taken)"
     assert "".join(deltas) == ANSWER
     assert not [m for m in msgs if m["type"] == "think"], "thinking only when asked for"
     assert end["reason"] == "stop" and end["text"] == ANSWER

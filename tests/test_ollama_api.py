@@ -78,7 +78,8 @@ def test_chat_not_streamed_hides_thinking_unless_asked(client: Any) -> None:
 
 def test_chat_streamed_with_thinking(client: Any) -> None:
     parts = list(client.chat(model=MODEL, messages=QUESTION, stream=True, think=True))
-    assert len(parts) > 2 and parts[-1].done and parts[-1].done_reason == "stop"
+    # pieces that arrive together are sent as one line, so the count depends on the machine's load
+    assert len(parts) >= 2 and parts[-1].done and parts[-1].done_reason == "stop"
     assert not any(p.done for p in parts[:-1])
     assert "".join(p.message.content or "" for p in parts) == DEFAULT_SCRIPT.answer_text
     assert "".join(p.message.thinking or "" for p in parts) == DEFAULT_SCRIPT.think_text
@@ -90,7 +91,7 @@ def test_chat_streamed_with_thinking(client: Any) -> None:
 def test_a_body_without_stream_is_streamed_ndjson(api: tuple[Daemon, int]) -> None:
     status, ctype, data = raw(api[1], "POST", "/api/chat", {"model": MODEL, "messages": QUESTION})
     lines = [json.loads(line) for line in data.decode().splitlines()]
-    assert status == 200 and ctype.startswith("application/x-ndjson") and len(lines) > 2
+    assert status == 200 and ctype.startswith("application/x-ndjson") and len(lines) >= 2
     assert "".join(x["message"]["content"] for x in lines) == DEFAULT_SCRIPT.answer_text and lines[-1]["done"]
 
 
