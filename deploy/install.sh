@@ -436,6 +436,9 @@ config_files() {
                 echo "# a ${MEM_MB} MiB board: a 2048-token context leaves room for the speech bridges"
                 echo "n_ctx = 2048"
                 echo "n_batch = 128"
+                echo "[engine]"
+                echo "# one 2048-token KV cache (56 MiB) for every conversation"
+                echo "kv_tokens = 2048"
             fi
             if [ "$HTTP" = 1 ]; then
                 echo
@@ -524,7 +527,8 @@ network_dropin() {
         fi
     )  # not a pipe: write_file must run in this shell to record the change
     note "network for edgebotd: $need only (IPAddressDeny=any stays for everything else)"
-    if [ "$HTTP" = 1 ] && [ "$(toml_get "$ROOT/etc/edgebot/edgebot.toml" http enabled)" != true ]; then
+    if [ "$HTTP" = 1 ] && [ -f "$ROOT/etc/edgebot/edgebot.toml" ] \
+        && [ "$(toml_get "$ROOT/etc/edgebot/edgebot.toml" http enabled)" != true ]; then
         note "--http: $ROOT/etc/edgebot/edgebot.toml was kept as it is; add [http] enabled = true there to serve it"
     fi
 }

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from edgebot.config.loader import tomllib  # tomli on Python 3.10
-from conftest import APT_LINE
+from conftest import APT_LINE, NEEDS_ROOT
 
 REPO = Path(__file__).resolve().parents[1]
 UNITS = REPO / "systemd"
@@ -104,6 +104,7 @@ SERVICES = ["edgebot.service", "edgebot-speech-in.service", "edgebot-speech-out.
 
 
 @pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason=f"systemd-sysusers missing: {APT_LINE}")
+@NEEDS_ROOT
 @pytest.mark.parametrize("config", CONFIGS)
 def test_exposure_in_every_configuration(tmp_path: Path, config: str) -> None:
     """install.sh --root writes the units and its drop-ins (board limits, the network drop-in) for
@@ -203,6 +204,7 @@ def test_daemon_answers_with_memory_deny_write_execute(tmp_path: Path, script_mo
         log.close()
 
 
+@NEEDS_ROOT
 def test_sysusers_and_tmpfiles_apply_to_a_root(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     for tool, conf, extra in (("systemd-sysusers", "sysusers.d", []), ("systemd-tmpfiles", "tmpfiles.d", ["--create"])):

@@ -21,6 +21,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol, Sequence, Union
 
+from edgebot.actions.registry import answer_schema
+
+__all__ = ["AnswerStream", "Call", "Offer", "Plain", "answer_schema", "offer_text", "read_answer"]  # answer_schema: from registry
+
 
 class Offer(Protocol):
     """What can be offered to the model: a declared action or an HTTP request's tool."""
@@ -33,18 +37,6 @@ class Offer(Protocol):
 
     @property
     def schema(self) -> dict[str, Any]: ...
-
-
-def answer_schema(actions: Sequence[Offer], plain: bool = True) -> dict[str, Any]:
-    """The JSON Schema every model answer must match when ``actions`` are offered; without
-    ``plain`` the answer must be a call."""
-    calls = [{"type": "object",
-              "properties": {"action": {"const": a.name}, "args": a.schema},
-              "required": ["action", "args"], "additionalProperties": False} for a in actions]
-    answer = {"type": "object", "properties": {"answer": {"type": "string"}},
-              "required": ["answer"], "additionalProperties": False}
-    shapes = [*calls, answer] if plain else calls
-    return {"anyOf": shapes} if len(shapes) > 1 else shapes[0]
 
 
 def _describe_params(schema: dict[str, Any]) -> str:

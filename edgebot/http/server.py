@@ -1,12 +1,11 @@
 """The aiohttp server inside edgebotd's event loop: ``POST /v1/chat/completions`` (JSON or
 server-sent events), ``GET /v1/models``, ``GET /health``.
 
-Every request becomes one engine ``Job`` on the same queue as the bus's asks (source ``http``:
-its priority and think budget come from ``[engine] priorities`` and ``[llm] think_budget``); there
-is no second model here. Engine events arrive from the worker thread through
-``loop.call_soon_threadsafe`` into a per-request queue. A client that goes away cancels its job:
-aiohttp cancels the handler (``handler_cancellation``), and the handler's ``finally`` cancels the
-job whether it was queued or running.
+Every request becomes one ask of the shared pipeline (``edgebot/asks.py``: source ``http``, its
+priority, think budget and token cap decided there) on the same queue as the bus's asks; there is
+no second model and no thread pool here. A client that goes away cancels its job: aiohttp cancels
+the handler (``handler_cancellation``), and the handler's ``finally`` closes the ask's stream,
+which cancels the job whether it was queued or running.
 
 The event loop is shared with the bus and the watchdog, so it does no CPU-heavy work: decoding and
 validating a request body and checking its JSON schema's grammar run on one "edgebot-http-check"
@@ -18,7 +17,6 @@ thread, within CHECK_S. Before that, the middleware applies the doors of ``edgeb
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import secrets
@@ -29,8 +27,9 @@ from typing import Any, Awaitable, Callable, Optional
 
 from aiohttp import web
 
+from edgebot.asks import AskSpec, Asks, AskStream
 from edgebot.config import Config
-from edgebot.engine.jobs import EngineBusy, EngineEvent, EngineNotReady, Job, JobDelta, JobEnded
+from edgebot.engine.jobs import EngineBusy, EngineNotReady, JobDelta, JobEnded
 from edgebot.engine.scheduler import Engine
 from edgebot.http import tools as fc
 from edgebot.http.chat import DONE, FINISH, ApiError, ChatRequest, bad, chunk, completion, parse_chat, sse_error
@@ -83,35 +82,13 @@ def _ended_error(ev: JobEnded) -> ApiError:
     return ApiError(500, ev.message or "internal error", "server_error", ev.code or "internal")
 
 
-class JobStream:
-    """The events of one submitted job after its ``JobStarted``, ending with its ``JobEnded``;
-    ``close()`` cancels the job if it has not ended (a client that left)."""
-
-    def __init__(self, engine: Engine, job: Job, events: asyncio.Queue[EngineEvent]) -> None:
-        self.engine, self.job, self._events = engine, job, events
-        self.ended: Optional[JobEnded] = None
-
-    async def next(self) -> EngineEvent:
-        ev = await self._events.get()
-        if isinstance(ev, JobEnded):
-            self.ended = ev
-        return ev
-
-    def pending(self) -> bool:
-        return not self._events.empty()
-
-    def close(self) -> None:
-        if self.ended is None:
-            self.engine.cancel(self.job.id)
-            log.info("HTTP client left; cancelled %s", self.job.id)
-
-
 class HttpApi:
     """The HTTP API of one edgebotd: ``start()`` on the daemon's loop, ``close()`` at shutdown."""
 
-    def __init__(self, config: Config, engine: Engine) -> None:
+    def __init__(self, config: Config, engine: Engine, asks: Optional[Asks] = None) -> None:
         self.config = config
         self.engine = engine
+        self.asks = asks or Asks(config, engine)
         http, llm = config.section("http"), config.section("llm")
         self.host, self.port = http["host"], http["port"]
         self.token = http["token"].encode()
@@ -308,72 +285,47 @@ class HttpApi:
         """An ended job that produced no answer, as the HTTP error to report."""
         return _ended_error(ev)
 
-    async def open_stream(self, req: ChatRequest, show_think: bool, id_prefix: str) -> JobStream:
-        """Submit ``req`` as a job and wait until it starts; ApiError when it is refused or ends first."""
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[EngineEvent] = asyncio.Queue()
-        job = self._job(req, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
-        job = dataclasses.replace(job, id=f"{id_prefix}-{secrets.token_hex(12)}", show_think=show_think)
+    async def open_stream(self, req: ChatRequest, show_think: bool = True,
+                          id_prefix: str = "chatcmpl") -> AskStream:
+        """Open ``req``'s ask and wait until its job starts; ApiError when it is refused or ends first.
+        The caller closes the stream (``stream.close()``) when it stops reading."""
         try:
-            self.engine.submit(job)
+            stream = self.asks.open(self._spec(req, show_think, id_prefix))
         except EngineBusy as exc:
             raise ApiError(429, f"the engine queue is full: {exc}", "rate_limit_exceeded", "rate_limit_exceeded")
         except EngineNotReady as exc:
             raise ApiError(503, f"not ready: {exc}", "server_error", "model_not_ready")
-        stream = JobStream(self.engine, job, events)
-        try:
-            first = await stream.next()
-        except asyncio.CancelledError:
-            stream.close()
-            raise
+        first = await stream.next()  # a cancelled wait closes the stream by itself
         if isinstance(first, JobEnded):
             raise _ended_error(first)
         return stream
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         req = await self.checked(request)
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[EngineEvent] = asyncio.Queue()
-        job = self._job(req, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+        stream = await self.open_stream(req)
         try:
-            self.engine.submit(job)
-        except EngineBusy as exc:
-            raise ApiError(429, f"the engine queue is full: {exc}", "rate_limit_exceeded", "rate_limit_exceeded")
-        except EngineNotReady as exc:
-            raise ApiError(503, f"not ready: {exc}", "server_error", "model_not_ready")
-        ended: list[JobEnded] = []  # the job's end, once received
-        try:
-            first = await events.get()
-            if isinstance(first, JobEnded):
-                ended.append(first)
-                raise _ended_error(first)
             if req.stream:
-                return await self._stream(request, req, job, events, ended)
-            return await self._collect(job, events, ended, req.tools is not None)
+                return await self._stream(request, req, stream)
+            return await self._collect(stream, req.tools is not None)
         finally:
-            if not ended:
-                self.engine.cancel(job.id)  # client gone (handler cancelled) or write failed: free the engine
-                log.info("HTTP client left; cancelled %s", job.id)
+            if stream.ended is None:  # client gone (handler cancelled) or write failed: free the engine
+                stream.close("the HTTP client left")
+                log.info("HTTP client left; cancelled %s", stream.job.id)
 
-    def _job(self, req: ChatRequest, sink: Callable[[EngineEvent], None]) -> Job:
-        llm, priorities = self.config.section("llm"), self.config.get("engine", "priorities")
-        budgets = llm["think_budget"]
-        return Job(id=f"chatcmpl-{secrets.token_hex(12)}", text=req.question, source="http", sink=sink,
-                   show_think=True, max_tokens=min(req.max_tokens or llm["max_tokens"], llm["n_ctx"]),
-                   think_budget=0 if req.no_think else budgets.get("http", budgets.get("default", 512)),
-                   priority=priorities.get("http", priorities.get("default", 3)), history=req.history,
-                   sampling=dataclasses.replace(self.engine.settings.sampling, **req.overrides()), stop=req.stop)
+    def _spec(self, req: ChatRequest, show_think: bool = True, id_prefix: str = "chatcmpl") -> AskSpec:
+        return AskSpec(id=f"{id_prefix}-{secrets.token_hex(12)}", text=req.question, source="http",
+                       show_think=show_think, max_tokens=req.max_tokens, think_budget=0 if req.no_think else None,
+                       history=req.history, sampling=req.overrides() or None, stop=req.stop)
 
-    async def _collect(self, job: Job, events: asyncio.Queue[EngineEvent], ended: list[JobEnded],
-                       tools: bool = False) -> web.Response:
+    async def _collect(self, stream: AskStream, tools: bool = False) -> web.Response:
+        job = stream.job
         answer: list[str] = []
         thinking: list[str] = []
         while True:
-            ev = await events.get()
+            ev = await stream.next()
             if isinstance(ev, JobDelta):
                 (thinking if ev.think else answer).append(ev.text)
             elif isinstance(ev, JobEnded):
-                ended.append(ev)
                 if ev.reason not in FINISH:
                     raise _ended_error(ev)
                 body = completion(job.id, int(time.time()), self.model_id, "".join(answer), "".join(thinking),
@@ -382,9 +334,9 @@ class HttpApi:
                     fc.shape_completion(body, "".join(answer))
                 return _json(200, body)
 
-    async def _stream(self, request: web.Request, req: ChatRequest, job: Job, events: asyncio.Queue[EngineEvent],
-                      ended: list[JobEnded]) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, req: ChatRequest, stream: AskStream) -> web.StreamResponse:
         """Send the answer as server-sent events (the job has started)."""
+        job = stream.job
         created = int(time.time())
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
@@ -392,9 +344,9 @@ class HttpApi:
         await resp.write(chunk(job.id, created, self.model_id, {"role": "assistant", "content": ""}))
         calls = fc.CallStream() if req.tools is not None else None
         while True:
-            batch = [await events.get()]
-            while not events.empty():
-                batch.append(events.get_nowait())
+            batch = [await stream.next()]
+            while stream.pending():
+                batch.append(await stream.next())
             out = bytearray()
             kind, text = "", ""
             end: Optional[JobEnded] = None
@@ -412,7 +364,6 @@ class HttpApi:
                     kind, text = k, text + ev.text
                 elif isinstance(ev, JobEnded):
                     end = ev
-                    ended.append(ev)
             if text:
                 out += chunk(job.id, created, self.model_id, {kind: text})
             if end is not None:
