@@ -217,9 +217,9 @@ class Panel:
             stream = self.asks.open(self._spec(conv, text))
         except EngineBusy as exc:
             raise ApiError(429, f"the engine queue is full: {exc}; try again", "rate_limit_exceeded",
-                           "rate_limit_exceeded")
+                           "rate_limit_exceeded") from None
         except EngineNotReady as exc:
-            raise ApiError(503, f"not ready: {exc}", "server_error", "model_not_ready")
+            raise ApiError(503, f"not ready: {exc}", "server_error", "model_not_ready") from None
         job = stream.job
         self.running[job.id] = job
         exchange = Exchange(question=text)
