@@ -35,7 +35,7 @@ MEMINFO=${EDGEBOT_MEMINFO:-/proc/meminfo}
 ARCH=${EDGEBOT_ARCH:-$(uname -m)}
 RKNPU_FILES=${EDGEBOT_RKNPU_FILES:-/sys/kernel/debug/rknpu/version /sys/module/rknpu/version}
 
-DRY_RUN=0 VOICE=1 MODELS=1 REBUILD=0 ROOT="" LANGUAGE=en BOARD="" NPU=0 NPU_RUNTIME="" WHEEL="" HTTP=0
+DRY_RUN=0 VOICE=1 MODELS=1 REBUILD=0 ROOT="" LANGUAGE=en BOARD="" NPU=0 NPU_RUNTIME="" WHEEL="" HTTP=0 PANEL=0
 # the console scripts linked into /usr/local/bin, so `edgebot-cli doctor` works from any shell
 COMMANDS=(edgebot-cli edgebotd edgebot-serial edgebot-speech-in edgebot-speech-out)
 CHANGED=0
@@ -43,7 +43,7 @@ CHANGED=0
 usage() {
     cat <<EOF
 usage: deploy/install.sh BOARD [--dry-run] [--no-voice] [--no-models] [--lang en|zh] [--rebuild] [--root DIR]
-                         [--wheel FILE] [--http] [--npu [--npu-runtime FILE]]
+                         [--wheel FILE] [--http] [--npu [--npu-runtime FILE]] [--panel]
   BOARD        one of: $(boards | tr '\n' ' ')
   --dry-run    print every step without doing it
   --no-voice   skip the speech bridges (no microphone/speaker)
@@ -55,6 +55,7 @@ usage: deploy/install.sh BOARD [--dry-run] [--no-voice] [--no-models] [--lang en
   --wheel FILE install this prebuilt llama-cpp-python $LLAMA_VERSION wheel instead of compiling it (build it
                once per board kind: pip wheel --no-binary llama-cpp-python with the profile's CMAKE_ARGS)
   --http       serve the HTTP API: the aiohttp extra, [http] enabled in a new config, and the network drop-in
+  --panel      the classroom panel on the board's display: Chromium in kiosk mode (deploy/panel.sh; implies --http)
   --npu        rk3588 only: run the model on the NPU (profile rk3588-npu): checks the NPU driver
                (>= $MIN_NPU_DRIVER) and installs RKLLM runtime $RKLLM_VERSION in /usr/local/lib
   --npu-runtime FILE  install this librkllmrt.so instead of downloading it (it must be the same $RKLLM_VERSION build)
@@ -129,6 +130,7 @@ parse_args() {
             --lang) shift; LANGUAGE=${1:-} ;;
             --root) shift; ROOT=${1:-}; [ -n "$ROOT" ] || { usage >&2; exit 2; } ;;
             --npu) NPU=1 ;;
+            --panel) PANEL=1 HTTP=1 ;;
             --npu-runtime) shift; NPU_RUNTIME=${1:-}; [ -n "$NPU_RUNTIME" ] || { usage >&2; exit 2; } ;;
             --wheel) shift; WHEEL=${1:-}; [ -n "$WHEEL" ] || { usage >&2; exit 2; } ;;
             --http) HTTP=1 ;;
@@ -617,6 +619,7 @@ main() {
     units_and_rules
     models
     enable_units
+    if [ "$PANEL" = 1 ]; then "$REPO/deploy/panel.sh" --lang "$LANGUAGE" ${ROOT:+--root "$ROOT"} --dry-run="$DRY_RUN"; fi
     if [ "$CHANGED" = 0 ]; then
         echo "install.sh: nothing to do: edgebot for $BOARD is already installed as asked (no changes)"
     elif [ "$DRY_RUN" = 1 ]; then

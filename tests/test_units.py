@@ -70,7 +70,8 @@ def test_unit_verifies(tmp_path: Path, unit: str) -> None:
 def test_every_unit_file_is_tested() -> None:
     assert sorted(p.name for p in UNITS.iterdir()) == sorted(
         ["edgebot.socket", "edgebot.service", "edgebot-speech-in.service", "edgebot-speech-out.service",
-         "edgebot-serial@.service", "edgebot-mqtt.service", "edgebot-wyoming.service"])
+         "edgebot-serial@.service", "edgebot-panel.service",  # the panel's: tests/test_panel_install.py
+         "edgebot-mqtt.service", "edgebot-wyoming.service"])
 
 
 def exposure(tmp: Path, unit: Path) -> tuple[float, str]:

@@ -178,6 +178,11 @@ KEYS: tuple[Key, ...] = (
     Key("http", "allowed_origins", "list:str", [], "Web origins whose pages may call the API, e.g. "
         "[\"http://robot.local:3000\"]; loopback origins are always allowed. Other Origin headers get 403, and "
         "CORS preflights are always refused."),
+    Key("http", "ui", "bool", True, "Serve the classroom panel, a chat page, at / (docs/panel.md)."),
+    Key("http", "conversations_dir", "path", "", "Where the panel keeps its conversations (one JSON file each); "
+        "empty = $STATE_DIRECTORY/conversations under systemd, else ~/.local/state/edgebot/conversations."),
+    Key("http", "max_conversations", "int", 100, "Conversations the panel keeps; the least recently used beyond "
+        "this are deleted.", "conversations", 1, 10000),
     # [mqtt]: edgebot-mqtt, the bridge to an MQTT broker (docs/integrations.md#mqtt)
     Key("mqtt", "broker", "str", "mqtt://localhost:1883", "Broker URL: mqtt://host[:port] (1883 by default) or "
         "mqtts://host[:port] for TLS (8883 by default)."),

@@ -1,5 +1,6 @@
 """The aiohttp server inside edgebotd's event loop: ``POST /v1/chat/completions`` (JSON or
-server-sent events), ``GET /v1/models``, ``GET /health``.
+server-sent events), ``GET /v1/models``, ``GET /health``, and with ``[http] ui`` the classroom
+panel's page and API (``panel.py``).
 
 Every request becomes one ask of the shared pipeline (``edgebot/asks.py``: source ``http``, its
 priority, think budget and token cap decided there) on the same queue as the bus's asks; there is
@@ -35,6 +36,7 @@ from edgebot.http import tools as fc
 from edgebot.http.chat import DONE, FINISH, ApiError, ChatRequest, bad, chunk, completion, parse_chat, sse_error
 from edgebot.http.doors import (ConnectionCap, check_host, check_json_type, check_origin, is_loopback,
                                 refuse_preflight, token_ok)
+from edgebot.http.panel import PUBLIC_PATHS, PUBLIC_PREFIXES, Panel
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +84,20 @@ def _ended_error(ev: JobEnded) -> ApiError:
     return ApiError(500, ev.message or "internal error", "server_error", ev.code or "internal")
 
 
+def _public(path: str) -> bool:
+    """Paths served without the token: /health and the panel's page and files (never its API)."""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
 class HttpApi:
     """The HTTP API of one edgebotd: ``start()`` on the daemon's loop, ``close()`` at shutdown."""
 
-    def __init__(self, config: Config, engine: Engine, asks: Optional[Asks] = None) -> None:
+    def __init__(self, config: Config, engine: Engine, asks: Optional[Asks] = None,
+                 tap: Optional[Any] = None) -> None:
         self.config = config
         self.engine = engine
         self.asks = asks or Asks(config, engine)
+        self.tap = tap  # edgebot.bus.tap.BusTap for the panel's voice state, push-to-talk and say
         http, llm = config.section("http"), config.section("llm")
         self.host, self.port = http["host"], http["port"]
         self.token = http["token"].encode()
@@ -113,6 +122,9 @@ class HttpApi:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
+        if self.config.get("http", "ui"):
+            Panel(self.config, self.engine, self.asks, self.tap).register(app)
+
         from edgebot.http.ollama import OllamaApi
 
         OllamaApi(self).register(app)
@@ -190,8 +202,8 @@ class HttpApi:
         http = self.config.section("http")
         if self.check_hosts:
             check_host(request.headers.get("Host"), http["allowed_hosts"])
-        check_origin(request.headers.get("Origin"), http["allowed_origins"])
-        if self.token and request.path != "/health" and not token_ok(request.headers.get("Authorization", ""),
+        check_origin(request.headers.get("Origin"), http["allowed_origins"], f"{request.scheme}://{request.host}")
+        if self.token and not _public(request.path) and not token_ok(request.headers.get("Authorization", ""),
                                                                       self.token):
             raise ApiError(401, "missing or wrong API key (send Authorization: Bearer <[http] token>)",
                            "invalid_request_error", "invalid_api_key")
