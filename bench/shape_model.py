@@ -2,10 +2,13 @@
 
 Same architecture and sizes as the real model (qwen2, 28 layers, hidden 1536, FFN 8960, 12 heads,
 2 KV heads, vocab 151936, untied output), random F16 weights quantized to Q4_K_M with llama.cpp's
-own quantizer: ~1.1 GB and the real model's cost per token. Its text is noise; its speed is real.
-Cached outside the repository (``$EDGEBOT_BENCH_CACHE`` or ``~/.cache/edgebot/bench``).
+own quantizer: ~1.1 GB and the real model's cost per token. Its tokenizer is the real one: Qwen2's
+BPE from llama.cpp's ``ggml-vocab-qwen2.gguf`` with DeepSeek-R1-Distill's special tokens and chat
+template (``edgebot.testing.qwen2_vocab``), so prompts and histories have the real model's token
+counts. Its text is noise (random tokens); its speed is real. Cached outside the repository
+(``$EDGEBOT_BENCH_CACHE`` or ``~/.cache/edgebot/bench``); never commit it.
 
-    python bench/shape_model.py            # make (or reuse) it and print its path
+    python bench/shape_model.py            # make (or reuse) it and print its path (minutes on 2 cores)
 """
 
 from __future__ import annotations
@@ -20,25 +23,14 @@ import numpy as np
 from gguf import GGUFWriter, LlamaFileType, TokenType
 
 from edgebot.engine.chat_template import R1_DISTILL_CHAT_TEMPLATE
-from edgebot.testing.script_model import SPECIAL_TOKENS, bytes_to_unicode
+from edgebot.testing.qwen2_vocab import N_VOCAB, R1Vocab, load_r1_vocab
 
 log = logging.getLogger(__name__)
 
-N_LAYERS, N_EMBD, N_FF, N_HEAD, N_HEAD_KV, N_VOCAB = 28, 1536, 8960, 12, 2, 151936
+N_LAYERS, N_EMBD, N_FF, N_HEAD, N_HEAD_KV = 28, 1536, 8960, 12, 2
 CACHE = Path(os.environ.get("EDGEBOT_BENCH_CACHE", Path.home() / ".cache" / "edgebot" / "bench"))
-NAME = "r1-distill-qwen-1.5b-shape-Q4_K_M.gguf"
-
-
-def _vocab() -> tuple[list[str], list[int]]:
-    tokens = list(bytes_to_unicode().values()) + ["Ġt"]
-    n_fill = N_VOCAB - len(tokens) - len(SPECIAL_TOKENS)
-    tokens += [f"Ġfill{i}" for i in range(n_fill)]
-    types = [int(TokenType.NORMAL)] * len(tokens)
-    for text, toktype in SPECIAL_TOKENS:
-        tokens.append(text)
-        types.append(int(toktype))
-    assert len(tokens) == N_VOCAB
-    return tokens, types
+NAME = "r1-distill-qwen-1.5b-shape-qwen2vocab-Q4_K_M.gguf"
+"""(The name changed when the byte-level stand-in vocabulary gave way to the real one.)"""
 
 
 def write_f16(path: Path, seed: int = 0) -> Path:
@@ -48,7 +40,7 @@ def write_f16(path: Path, seed: int = 0) -> Path:
     def rand(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
 
-    tokens, types = _vocab()
+    vocab: R1Vocab = load_r1_vocab()
     kv = N_EMBD // N_HEAD * N_HEAD_KV
     w = GGUFWriter(str(path), "qwen2")
     w.add_name("r1-distill-qwen-1.5b-shape")
@@ -63,11 +55,12 @@ def write_f16(path: Path, seed: int = 0) -> Path:
     w.add_layer_norm_rms_eps(1e-6)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("qwen2")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(["Ġ t"])
-    w.add_bos_token_id(tokens.index(SPECIAL_TOKENS[0][0]))
-    w.add_eos_token_id(tokens.index(SPECIAL_TOKENS[1][0]))
+    w.add_token_list(vocab.tokens)
+    w.add_token_types(vocab.types)
+    w.add_token_merges(vocab.merges)
+    w.add_bos_token_id(vocab.bos_id)
+    w.add_eos_token_id(vocab.eos_id)
+    w.add_pad_token_id(vocab.eos_id)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
     w.add_chat_template(R1_DISTILL_CHAT_TEMPLATE)

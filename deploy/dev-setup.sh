@@ -83,4 +83,9 @@ if [ "$installed" != "$LLAMA_VERSION" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$
 fi
 # shellcheck disable=SC2086 # TEST_MODELS is a list of requirements
 .venv/bin/python -m pip install --quiet "$WHEELS"/llama_cpp_python-*.whl -e ".[${EXTRAS}]" $TEST_MODELS
+# The real Qwen2/DeepSeek-R1-Distill vocabulary (llama.cpp's models/ggml-vocab-qwen2.gguf, 5.9 MB) for the tests
+# that count tokens and bench/shape_model.py: extracted once from the llama-cpp-python sdist (pip download,
+# ~77 MB) into ~/.cache/edgebot/vocab/; without it those tests skip (under CI they fail).
+.venv/bin/python -m edgebot.testing.qwen2_vocab --fetch >/dev/null \
+    || echo "dev-setup: warning: no Qwen2 vocabulary; tests/test_real_vocab.py will skip"
 echo "dev-setup: ready (.venv: $(.venv/bin/python -c 'import llama_cpp; print("llama-cpp-python", llama_cpp.__version__)'))"

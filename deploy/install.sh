@@ -438,6 +438,9 @@ config_files() {
                 echo "# a ${MEM_MB} MiB board: a 2048-token context leaves room for the speech bridges"
                 echo "n_ctx = 2048"
                 echo "n_batch = 128"
+                echo "[engine]"
+                echo "# one 2048-token KV cache (56 MiB) for every conversation"
+                echo "kv_tokens = 2048"
             fi
             if [ "$HTTP" = 1 ]; then
                 echo

@@ -39,8 +39,10 @@ def llama_or_remote(config: Config) -> Backend:
     llm = config.section("llm")
     local: Optional[Backend] = None
     if llm["backend"] != "remote" or llm["fallback"] == "local":
+        eng = config.section("engine")
         local = LlamaBackend(llm["model"], n_ctx=llm["n_ctx"], n_threads=llm["n_threads"], n_batch=llm["n_batch"],
-                             use_mmap=llm["use_mmap"], use_mlock=llm["use_mlock"])
+                             use_mmap=llm["use_mmap"], use_mlock=llm["use_mlock"],
+                             sequences=eng["sequences"] + eng["parallel"], kv_tokens=eng["kv_tokens"])
     if llm["backend"] != "remote":
         assert local is not None
         return local
@@ -65,7 +67,7 @@ def build_engine(config: Config, on_state: object) -> Engine:
         sampling=sampling,
         queue_max=eng["queue_max"], session_idle_s=eng["session_idle_s"], max_sessions=eng["max_sessions"],
         answer_reserve=eng["answer_reserve"],
-        persona=llm["persona"], stall_s=config.get("daemon", "stall_s"))
+        persona=llm["persona"], stall_s=config.get("daemon", "stall_s"), parallel=eng["parallel"])
     return Engine(backend, settings, on_state)  # type: ignore[arg-type]
 
 
@@ -119,7 +121,7 @@ async def serve(config: Config) -> int:
         return EX_CONFIG
     http_api = None
     if config.get("http", "enabled"):  # aiohttp is imported only then (the `http` extra)
-        http_api = await _start_http(config, engine, BusTap(hub))
+        http_api = await _start_http(config, engine, dispatcher.asks, BusTap(hub))
         if http_api is None:
             await hub.close()
             return EX_CONFIG
@@ -162,7 +164,7 @@ async def serve(config: Config) -> int:
     return code
 
 
-async def _start_http(config: Config, engine: Engine, tap: BusTap) -> Optional[Any]:
+async def _start_http(config: Config, engine: Engine, asks: Any, tap: BusTap) -> Optional[Any]:
     """Start the HTTP API (``[http] enabled``); None after logging why it cannot run."""
     try:
         from edgebot.http.server import HttpApi, config_problem
@@ -173,7 +175,7 @@ async def _start_http(config: Config, engine: Engine, tap: BusTap) -> Optional[A
     if problem:
         log.error("configuration error: %s", problem)
         return None
-    api = HttpApi(config, engine, tap)
+    api = HttpApi(config, engine, asks, tap)
     try:
         await api.start()
     except OSError as exc:

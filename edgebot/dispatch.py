@@ -17,7 +17,8 @@ from edgebot import policy
 from edgebot.bus import messages as m
 from edgebot.bus.hub import Connection, Hub
 from edgebot.config import Config
-from edgebot.engine.jobs import EngineBusy, EngineEvent, EngineNotReady, Job, JobDelta, JobEnded, JobStarted
+from edgebot.asks import AskSpec, Asks, AskStream
+from edgebot.engine.jobs import EngineBusy, EngineEvent, EngineNotReady, JobDelta, JobEnded, JobStarted
 from edgebot.engine.scheduler import Engine
 
 log = logging.getLogger(__name__)
@@ -25,11 +26,6 @@ log = logging.getLogger(__name__)
 DAEMON_ONLY = {"welcome", "answer-start", "answer-delta", "think-delta", "answer-end", "status-report",
                "pong", "ack", "error", "action-run", "action"}
 RELAYED = {"heard", "speaking", "serial-port", "listen", "audio-device", "voice-latency"}
-
-
-def source_kind(source: str) -> str:
-    """``serial:ttyUSB0`` -> ``serial``: the key for per-source priorities and think budgets."""
-    return source.split(":", 1)[0]
 
 
 def read_rss_mb() -> Optional[float]:
@@ -64,12 +60,13 @@ class Dispatcher:
         self.engine = engine
         self.loop = loop
         self.hub: Optional[Hub] = None
+        self.asks = Asks(config, engine)
         self.owners: dict[str, tuple[Connection, m.Ask]] = {}  # ask id -> (asker, ask)
-        self.started: set[str] = set()  # ask ids whose answer-start has gone out
+        self.streams: dict[str, AskStream] = {}  # ask id -> its answer's event stream
+        self.tasks: set[asyncio.Task[None]] = set()
         self.voice_latency: dict[str, Any] = {}  # the last voice-latency report, for status (bounded)
         self.speaking = policy.SpeakingState(config.get("bus", "speaking_max_s"))
         self.audio_devices: dict[str, tuple[Connection, m.AudioDevice]] = {}  # bridge -> its last report
-        self.submitted = 0  # engine jobs submitted for bus asks (status-report queue.submitted)
         self.actions: Optional[Any] = None  # edgebot.actions.desk.ActionDesk when [[actions]] are declared
         if config.arrays.get("actions"):
             self.actions = self._action_desk()
@@ -81,16 +78,10 @@ class Dispatcher:
         from edgebot.config import ConfigError
 
         try:
-            return ActionDesk(self.config, Registry.from_config(self.config), self.engine, self.loop, lambda: self.hub,
-                              self.submit)
+            return ActionDesk(self.config, Registry.from_config(self.config), self.asks, self.loop, lambda: self.hub)
         except ConfigError as exc:
             log.error("configuration error, no action will run: %s", exc)
             return None
-
-    def submit(self, job: Job) -> None:
-        """``Engine.submit``, counted (raises EngineBusy / EngineNotReady like it)."""
-        self.engine.submit(job)
-        self.submitted += 1
 
     # -- from clients --------------------------------------------------------------------------
 
@@ -190,27 +181,24 @@ class Dispatcher:
         if len(conn.inflight) >= self.config.get("bus", "max_inflight"):
             conn.send(m.Error("busy", f"this client already has {len(conn.inflight)} unfinished questions", ask.id))
             return
-        llm, engine_cfg = self.config.section("llm"), self.config.section("engine")
-        kind = source_kind(ask.source)
-        budgets, priorities = llm["think_budget"], engine_cfg["priorities"]
-        max_tokens = ask.max_tokens if ask.max_tokens and ask.max_tokens > 0 else llm["max_tokens"]
-        job = Job(id=ask.id, text=ask.text, source=ask.source, session=ask.session,
-                  show_think=ask.think == "show", max_tokens=min(max_tokens, llm["n_ctx"]),
-                  think_budget=ask.think_budget if ask.think_budget is not None and ask.think_budget >= 0
-                  else budgets.get(kind, budgets.get("default", 512)),
-                  priority=priorities.get(kind, priorities.get("default", 3)),
-                  sink=lambda ev: self.loop.call_soon_threadsafe(self._deliver, ev))
+        spec = AskSpec(id=ask.id, text=ask.text, source=ask.source, session=ask.session,
+                       show_think=ask.think == "show", max_tokens=ask.max_tokens, think_budget=ask.think_budget)
         self.owners[ask.id] = (conn, ask)
         conn.inflight.add(ask.id)
         if self.actions is not None and self.actions.wants(ask):  # phrases, confirmation, the model's tools
-            self.actions.start(conn, ask, job, done=lambda: self._forget(ask.id))
+            self.actions.start(conn, ask, spec, done=lambda: self._forget(ask.id))
             return
         try:
-            self.submit(job)
+            stream = self.asks.open(spec)
         except (EngineBusy, EngineNotReady) as exc:
             self._forget(ask.id)
             code = "busy" if isinstance(exc, EngineBusy) else "not-ready"
             conn.send(m.Error(code, str(exc), ask.id))
+            return
+        self.streams[ask.id] = stream
+        task = self.loop.create_task(self._relay(conn, ask, stream))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def _cancel(self, conn: Connection, msg: m.Cancel) -> None:
         assert self.hub is not None
@@ -234,26 +222,34 @@ class Dispatcher:
             if owner is conn:
                 del self.audio_devices[bridge]
         for ask_id in list(conn.inflight):
-            self.engine.cancel(ask_id)
-            if self.actions is not None:
-                self.actions.cancel(ask_id)
+            stream = self.streams.get(ask_id)
+            if stream is not None:
+                stream.close(f"its client {conn.name} disconnected")
+            elif self.engine.cancel(ask_id):  # an action's model job (the desk reads its stream)
+                log.debug("ask %s cancelled: its client %s disconnected", ask_id, conn.name)
+            if self.actions is not None and self.actions.cancel(ask_id):
+                log.debug("ask %s: action cancelled, its client %s disconnected", ask_id, conn.name)
 
     # -- from the engine -----------------------------------------------------------------------
 
     def _forget(self, ask_id: str) -> None:
         owner = self.owners.pop(ask_id, None)
+        self.streams.pop(ask_id, None)
         if owner:
             owner[0].inflight.discard(ask_id)
 
-    def _deliver(self, ev: EngineEvent) -> None:
+    async def _relay(self, conn: Connection, ask: m.Ask, stream: AskStream) -> None:
+        """One answer's events, in order, to its asker (and subscribers)."""
+        try:
+            async for ev in stream:
+                self._deliver(conn, ask, ev, stream.started)
+        finally:
+            self._forget(ask.id)
+
+    def _deliver(self, conn: Connection, ask: m.Ask, ev: EngineEvent, started: bool) -> None:
         assert self.hub is not None
-        owner = self.owners.get(ev.id)
-        if owner is None:
-            return
-        conn, ask = owner
         out: m.Message
         if isinstance(ev, JobStarted):
-            self.started.add(ev.id)
             out = m.AnswerStart(id=ev.id, session=ev.session, source=ask.source, speak=ask.speak)
         elif isinstance(ev, JobDelta):
             if ev.think:
@@ -262,9 +258,6 @@ class Dispatcher:
             out = m.AnswerDelta(id=ev.id, text=ev.text)
         else:
             assert isinstance(ev, JobEnded)
-            self._forget(ev.id)
-            started = ev.id in self.started
-            self.started.discard(ev.id)
             if ev.code and not started:  # refused before it began: the ask ends with error{id}
                 conn.send(m.Error(ev.code, ev.message, ev.id))
                 return
@@ -276,7 +269,7 @@ class Dispatcher:
     def status_report(self) -> m.StatusReport:
         st = self.engine.status()
         return m.StatusReport(server_version=edgebot.__version__, model=st["model"], state=st["state"],
-                              queue={**st["queue"], "submitted": self.submitted}, sessions=st["sessions"],
+                              queue={**st["queue"], "submitted": self.asks.submitted}, sessions=st["sessions"],
                               last_tokens_per_s=st["last_tokens_per_s"], load_progress=st.get("load_progress"),
                               memory={"rss_mb": read_rss_mb()}, temperature_c=read_temperature_c(),
                               clients=len(self.hub.connections) if self.hub else 0, error=st["error"],

@@ -15,7 +15,8 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
-from edgebot.testing.script_model import DEFAULT_SCRIPT, write_script_model
+from edgebot.testing.qwen2_vocab import VocabMissing, find_vocab, load_r1_vocab
+from edgebot.testing.script_model import DEFAULT_SCRIPT, REAL_VOCAB_SCRIPT, write_script_model
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -47,6 +48,24 @@ def slow_loop_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bigger model (~300 tokens/s here) whose answer never ends: for cancel, priority, watchdog."""
     return write_script_model(tmp_path_factory.mktemp("models") / "slow-loop.gguf",
                               replace(DEFAULT_SCRIPT, loop=True), n_embd=512, n_layers=4, n_ff=2048)
+
+
+@pytest.fixture(scope="session")
+def qwen2_vocab() -> Path:
+    """The real Qwen2 vocabulary file (deploy/dev-setup.sh fetches it); skipped, or failed under CI, without it."""
+    try:
+        return find_vocab()
+    except VocabMissing as exc:
+        if os.environ.get("CI"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def real_script_model(tmp_path_factory: pytest.TempPathFactory, qwen2_vocab: Path) -> Path:
+    """``REAL_VOCAB_SCRIPT`` over the real DeepSeek-R1-Distill-Qwen vocabulary: real token counts (~12 MB)."""
+    return write_script_model(tmp_path_factory.mktemp("models") / "real-script.gguf", REAL_VOCAB_SCRIPT,
+                              vocab=load_r1_vocab(qwen2_vocab))
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> int:

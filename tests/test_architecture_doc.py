@@ -13,7 +13,7 @@ DOC = REPO / "docs" / "architecture.md"
 PKG = REPO / "edgebot"
 CORE = sorted(
     [p for d in ("config", "bus", "engine") for p in (PKG / d).glob("*.py") if p.name != "__init__.py"]
-    + [PKG / n for n in ("daemon.py", "dispatch.py", "systemd.py", "cli.py")]
+    + [PKG / n for n in ("daemon.py", "dispatch.py", "asks.py", "systemd.py", "cli.py")]
     + [PKG / "bridges" / "supervisor.py", PKG / "testing" / "script_model.py"])
 
 
@@ -129,3 +129,14 @@ def test_http_never_imports_the_bus_and_aiohttp_stays_in_two_modules() -> None:
         assert not {n for n in names if under(n, "edgebot.bus", "edgebot.dispatch", "edgebot.bridges")}, path.name
         if path.name not in ("server.py", "panel.py"):
             assert not {n for n in names if under(n, "aiohttp")}, f"{path.name} imports aiohttp"
+
+
+def test_the_ask_pipeline_knows_no_transport() -> None:
+    bad = {n for n in imports(PKG / "asks.py") if under(n, "edgebot.bus", "edgebot.http", "edgebot.actions",
+                                                       "edgebot.dispatch", "aiohttp")}
+    assert not bad, f"asks.py imports {bad}"
+    for front in (PKG / "dispatch.py", PKG / "http" / "server.py", PKG / "http" / "panel.py",
+                  PKG / "actions" / "desk.py"):
+        src = front.read_text()
+        assert "Job(" not in src and "priorities" not in src and "budgets" not in src, \
+            f"{front.name} builds jobs itself; use edgebot.asks"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -181,3 +182,30 @@ def test_cli_does_not_import_heavy_modules(daemon: Daemon) -> None:
     r = subprocess.run([sys.executable, "-c", code], env={**daemon.env, "EDGEBOT_SOCKET": daemon.socket},
                        capture_output=True, text=True, timeout=30)
     assert r.stdout.strip().splitlines()[-1] == "0 []", r.stdout + r.stderr
+
+
+def test_think_budget_spent_inside_a_split_close_tag_leaks_nothing(daemon_factory, script_model: Path) -> None:
+    # The 11th thinking token is "</th" (the close tag comes as "</th", "ink>\n\n"): the budget waits for
+    # the tag to complete instead of injecting its own after the half, so "</th" never reaches the thinking.
+    d = daemon_factory(script_model, "[llm]\nthink_budget = {cli = 11}\n")
+    r = d.cli("ask", "--think", "--json", "What is 2+2?")
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    think = "".join(e["data"]["text"] for e in events if e["type"] == "think-delta")
+    assert think == THINKING and "</th" not in think
+    assert "".join(e["data"]["text"] for e in events if e["type"] == "answer-delta") == ANSWER
+
+
+def test_every_ask_is_logged_when_it_starts_and_ends(daemon_factory, script_model: Path) -> None:
+    d = daemon_factory(script_model, "", extra_args=["--log-level", "debug"])
+    bus = d.connect()
+    bus.answer("logged-1", "What is 2+2?", session="cli:logs")
+    bus.ask("logged-2", "And again?")
+    bus.close()  # leaves with an answer unfinished: cancelled, and said so at DEBUG
+    d.connect().wait_idle()
+    log = d.log_text()
+    assert "ask logged-1 started: source cli, session cli:logs" in log
+    assert re.search(r"ask logged-1 ended stop: source cli, session cli:logs, prompt \d+ tokens \(\d+ cached\), "
+                     r"17 generated \(12 thinking\)", log)
+    assert re.search(r"ask logged-2 cancelled: its client \S+ disconnected", log)
+    assert re.search(r"ask logged-2 ended cancelled", log)

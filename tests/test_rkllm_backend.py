@@ -22,7 +22,7 @@ from edgebot.engine.backends import rkllm_api as api
 from edgebot.engine.backend import ModelError, SamplingParams
 from edgebot.engine.prompt import Turn
 from edgebot.engine.backends.rkllm import RkllmBackend, neutralize
-from edgebot.engine.think import ThinkSplitter
+from edgebot.engine.think import Piece, ThinkSplitter
 
 __all__ = ["fake_libs"]  # the session fixture, re-exported for pytest
 
@@ -52,8 +52,10 @@ class Collect:
         self.cancel = threading.Event()
         self.threads: set[str] = set()
 
-    def __call__(self, piece: str) -> Optional[str]:
-        self.pieces.append(piece)
+    def __call__(self, piece: Piece) -> Optional[str]:
+        if not piece.token:  # injected text and the final flush: not a token of the runtime
+            return None
+        self.pieces.append(piece.text)
         self.threads.add(threading.current_thread().name)
         if self.cancel_after and len(self.pieces) == self.cancel_after:
             self.cancel.set()

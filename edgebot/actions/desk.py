@@ -31,12 +31,12 @@ from edgebot.actions import tools
 from edgebot.actions.matcher import PhraseMatcher, yes_or_no
 from edgebot import policy
 from edgebot.actions.registry import Action, CallError, Registry
+from edgebot.asks import AskSpec, Asks
 from edgebot.bus import messages as m
 from edgebot.bus.hub import Connection, Hub
 from edgebot.config import Config
 from edgebot.engine.prompt import Turn
-from edgebot.engine.jobs import EngineBusy, EngineNotReady, Job, JobDelta, JobEnded, JobStarted
-from edgebot.engine.scheduler import Engine
+from edgebot.engine.jobs import EngineBusy, EngineNotReady, JobDelta, JobEnded, JobStarted
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,10 @@ class Outcome:
 class ActionDesk:
     """The actions side of the dispatcher."""
 
-    def __init__(self, config: Config, registry: Registry, engine: Engine, loop: asyncio.AbstractEventLoop,
-                 hub: Callable[[], Optional[Hub]], submit: Callable[[Job], None]) -> None:
+    def __init__(self, config: Config, registry: Registry, asks: Asks, loop: asyncio.AbstractEventLoop,
+                 hub: Callable[[], Optional[Hub]]) -> None:
         self.registry = registry
-        self.engine = engine
-        self.submit = submit
+        self.asks = asks
         self.loop = loop
         self._hub = hub
         self.robot = config.section("robot")
@@ -101,9 +100,9 @@ class ActionDesk:
             return True  # also while switched off: the refusal is said, nothing is run
         return self.registry.enabled and self.model_offer
 
-    def start(self, conn: Connection, ask: m.Ask, job: Job, done: Callable[[], None]) -> None:
-        """Handle ``ask`` (its engine ``job`` is already built, not submitted); ``done`` when it ended."""
-        task = self.loop.create_task(self._handle(conn, ask, job, done))
+    def start(self, conn: Connection, ask: m.Ask, spec: AskSpec, done: Callable[[], None]) -> None:
+        """Handle ``ask`` (``spec``: what the bus asked, not submitted); ``done`` when it ended."""
+        task = self.loop.create_task(self._handle(conn, ask, spec, done))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -155,7 +154,7 @@ class ActionDesk:
         if text:
             self._send(conn, m.AnswerDelta(id=ask.id, text=text))
 
-    async def _handle(self, conn: Connection, ask: m.Ask, job: Job, done: Callable[[], None]) -> None:
+    async def _handle(self, conn: Connection, ask: m.Ask, spec: AskSpec, done: Callable[[], None]) -> None:
         try:
             pending, self.pending = self.pending, None
             if pending is not None and pending.until > time.monotonic():
@@ -177,30 +176,26 @@ class ActionDesk:
                 else:
                     self._fixed_answer(conn, ask, outcome.say, {"engine_jobs": 0})
                 return
-            await self._model(conn, ask, job, offer=self.registry.enabled and self.model_offer)
+            await self._model(conn, ask, spec, offer=self.registry.enabled and self.model_offer)
         except Exception as exc:  # noqa: BLE001 - one bad ask must not break the daemon
             log.exception("action ask %s failed", ask.id)
             conn.send(m.Error("internal", f"the action could not be handled: {exc}", ask.id))
         finally:
             done()
 
-    async def _model(self, conn: Connection, ask: m.Ask, job: Job, offer: bool = True) -> None:
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        job.sink = lambda ev: self.loop.call_soon_threadsafe(queue.put_nowait, ev)
+    async def _model(self, conn: Connection, ask: m.Ask, spec: AskSpec, offer: bool = True) -> None:
         actions = list(self.registry.actions.values())
         if offer:
-            job.text = tools.offer_text(actions, ask.text)
-            job.sampling = dataclasses.replace(job.sampling or self.engine.settings.sampling,
-                                               json_schema=self.schema_json)
+            spec = dataclasses.replace(spec, text=tools.offer_text(actions, ask.text),
+                                       sampling={**(spec.sampling or {}), "json_schema": self.schema_json})
         try:
-            self.submit(job)
+            events = self.asks.open(spec)
         except (EngineBusy, EngineNotReady) as exc:
             conn.send(m.Error("busy" if isinstance(exc, EngineBusy) else "not-ready", str(exc), ask.id))
             return
         stream = tools.AnswerStream()
         started = False
-        while True:
-            ev = await queue.get()
+        async for ev in events:
             if isinstance(ev, JobStarted):
                 started = True
                 self._send(conn, m.AnswerStart(id=ask.id, session=ev.session, source=ask.source, speak=ask.speak))
@@ -211,8 +206,7 @@ class ActionDesk:
                     self._say(conn, ask, ev.text)
                 else:
                     self._say(conn, ask, stream.feed(ev.text))
-            elif isinstance(ev, JobEnded):
-                break
+        assert isinstance(ev, JobEnded)
         if ev.code and not started:
             conn.send(m.Error(ev.code, ev.message, ask.id))
             return
@@ -224,7 +218,7 @@ class ActionDesk:
                 if outcome.result == "cancelled":
                     reason = "cancelled"
                 elif outcome.result in ("ok", "err", "timeout"):
-                    said = await self._model_confirms(conn, ask, job, stream.raw, outcome)
+                    said = await self._model_confirms(conn, ask, spec.text, events.job.max_tokens, stream.raw, outcome)
                     if said == "cancelled":
                         reason = "cancelled"
                     elif not said:
@@ -238,26 +232,22 @@ class ActionDesk:
                 reason, message = "error", "the model's answer was not a valid action call or answer"
         self._send(conn, m.AnswerEnd(id=ask.id, reason=reason, stats=ev.stats, message=message))  # type: ignore[arg-type]
 
-    async def _model_confirms(self, conn: Connection, ask: m.Ask, job: Job, call_json: str,
+    async def _model_confirms(self, conn: Connection, ask: m.Ask, offered: str, max_tokens: int, call_json: str,
                               outcome: Outcome) -> Union[bool, str]:
         """The board's result goes back to the model, which says what happened (no thinking, no
         grammar, streamed). False, with nothing said, when that job could not run or said nothing;
         ``"cancelled"`` when the ask was cancelled meanwhile."""
-        queue: asyncio.Queue[Any] = asyncio.Queue()
         said: list[str] = []
         result = f"{outcome.result}: {outcome.text}" if outcome.text else outcome.result
-        follow = Job(id=ask.id, text=f"Result: {result}. Tell me in one short sentence what you did.",
-                     source=ask.source, sink=lambda ev: self.loop.call_soon_threadsafe(queue.put_nowait, ev),
-                     session=None, max_tokens=min(job.max_tokens, CONFIRM_TOKENS), think_budget=0,
-                     priority=job.priority, history=[Turn(job.text, call_json.strip())],
-                     sampling=self.engine.settings.sampling)
+        follow = AskSpec(id=ask.id, text=f"Result: {result}. Tell me in one short sentence what you did.",
+                         source=ask.source, max_tokens=min(max_tokens, CONFIRM_TOKENS), think_budget=0,
+                         history=[Turn(offered, call_json.strip())])
         try:
-            self.submit(follow)
+            events = self.asks.open(follow)
         except (EngineBusy, EngineNotReady) as exc:
             log.warning("ask %s: no model confirmation (%s); saying the fixed phrase", ask.id, exc)
             return False
-        while True:
-            ev = await queue.get()
+        async for ev in events:
             if isinstance(ev, JobDelta) and not ev.think and ev.text:
                 if not said and not ev.text.strip():
                     continue
@@ -267,6 +257,7 @@ class ActionDesk:
                 if ev.reason == "cancelled":
                     return "cancelled"
                 return bool("".join(said).strip())
+        return False
 
     # -- one call --------------------------------------------------------------------------------
 

@@ -161,10 +161,12 @@ FIELD_HELP: dict[tuple[str, str], str] = {
     ("status-report", "state"): "Engine state: `starting`, `loading`, `ready`, `failed` or `stopped`.",
     ("status-report", "load_progress"): "While `loading`: percent (0-100) of the model's tensor data mapped/read, "
                                         "from llama.cpp's progress callback; omitted otherwise.",
-    ("status-report", "queue"): "`{waiting, max, running, idle, submitted}`: asks waiting, the queue's limit, the "
-                                "id being answered (or null), whether the engine is idle (no job, no "
-                                "cache re-basing), and how many engine jobs bus asks have started since "
-                                "edgebotd started (an action run by a phrase starts none).",
+    ("status-report", "queue"): "`{waiting, max, running, batch, parallel, idle, submitted}`: asks waiting, the "
+                                "queue's limit, the id being answered (the first, or null), the ids of all "
+                                "answers in progress (more than one with `[engine] parallel` > 1), how many may "
+                                "decode together, whether the engine is idle (no job, no cache re-basing), and "
+                                "how many engine jobs asks (bus, HTTP, actions) have started since edgebotd "
+                                "started (an action run by a phrase starts none).",
     ("status-report", "sessions"): "One `{name, turns, trimmed_turns, idle_s}` per session: turns kept, "
                                    "turns dropped to fit the context, seconds since last use.",
     ("status-report", "last_tokens_per_s"): "Decode speed of the last answer that had one (tokens/s).",

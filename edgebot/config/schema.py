@@ -124,6 +124,15 @@ KEYS: tuple[Key, ...] = (
         "recently used.", "sessions", 1, 100000),
     Key("engine", "answer_reserve", "int", 512,
         "Context kept free for the answer when old turns are trimmed.", "tokens", 16, 131072),
+    Key("engine", "sequences", "int", 8, "Conversations kept warm in the llama.cpp KV cache, each in its own "
+        "sequence; switching between them re-reads nothing. More sessions than this: the least recently used "
+        "is dropped and re-read when it comes back.", "sequences", 1, 64),
+    Key("engine", "kv_tokens", "int", 0, "Size of the KV cache shared by all sequences (at least [llm] n_ctx; "
+        "0 = [llm] n_ctx). DeepSeek-R1-Distill-Qwen-1.5B needs 28 KiB per token. When a prompt needs room, idle "
+        "sequences are dropped, least recently used first.", "tokens", 0, 1 << 20),
+    Key("engine", "parallel", "int", 1, "Answers decoded together, one token of each per llama_decode "
+        "(continuous batching); 1 = one answer at a time. Backends that cannot batch (rkllm, remote) use 1.",
+        "answers", 1, 16),
     # [bus]: the local socket
     Key("bus", "socket", "path", "", "Unix socket of the bus; empty = /run/edgebot/bus.sock for root or when "
         "it exists, $XDG_RUNTIME_DIR/edgebot/bus.sock otherwise."),

@@ -15,14 +15,16 @@ from typing import Callable, Literal, Optional
 
 from edgebot.config.schema import default
 from edgebot.engine.prompt import Turn
+from edgebot.engine.think import Piece
 from edgebot.engine.schema_limits import check_schema
 
 StopReason = Literal["stop", "length", "cancelled", "error"]
 
-# Called once per generated token with its decoded text ("" while a UTF-8 character is still
-# incomplete); returns text to inject into the stream after it (e.g. "\n</think>" when the think
-# budget is spent), or None.
-PieceCallback = Callable[[str], Optional[str]]
+# Called once per generated token with that token's text already split into thinking and answer
+# (a ``Piece``, made by the backend's ``PieceSplitter``); returns text to inject into the stream
+# after it (e.g. "\n</think>" when the think budget is spent), or None. Injected text and the
+# end of the stream come back as pieces with ``token`` False.
+PieceCallback = Callable[[Piece], Optional[str]]
 
 
 class ModelError(Exception):
@@ -54,6 +56,19 @@ class PreparedPrompt:
     starts_thinking: bool
     text: Optional[str] = None
     count: Optional[int] = None
+    key: Optional[str] = None
+    """The conversation this prompt continues (a session name), set by the engine; a backend that
+    keeps a KV sequence per conversation (llama.cpp) reuses that sequence. None: a one-off prompt."""
+    think_at: Optional[int] = None
+    """With ``starts_thinking``: where the generation prompt's trailing ``<think>`` begins in
+    ``tokens`` (what the conversation's history will no longer hold once the answer is kept)."""
+    turn_ends: Optional[list[int]] = None
+    """Token offset in ``tokens`` right after each earlier turn's answer (None: not known), so the
+    engine can choose how many old turns to drop without rendering the prompt again per turn."""
+    dropped: Optional[tuple[int, int]] = None
+    """Set by the engine when it dropped old turns: these ``tokens`` are the previous prompt of this
+    conversation with ``(start, count)`` tokens removed at ``start``, so a backend can remove them
+    from its KV cache and shift what follows instead of re-reading it (llama-server's context shift)."""
 
     @property
     def n_tokens(self) -> int:
@@ -73,6 +88,10 @@ class GenerationResult:
     """Which backend produced the answer when that can vary (``remote`` or ``local``); "" = the only one."""
     message: str = ""
     """With reason ``error``: what failed, for a person."""
+    answer_tokens: Optional[tuple[int, ...]] = None
+    answer_text: str = ""
+    """The answer's generated tokens (whitespace-only tokens at either end left out) and their text,
+    when the backend can reuse them in the next prompt (``Turn.answer_tokens``)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +133,17 @@ class Backend(ABC):
     @abstractmethod
     def prefill(self, prompt: PreparedPrompt, stop: Callable[[], bool]) -> int:
         """Bring the cache to ``prompt`` (batch by batch, giving up when ``stop()``); returns tokens evaluated."""
+
+    max_parallel = 1
+    """How many answers this backend can generate together (``open``/``step``/``finish``); 1: only
+    ``generate``, one at a time (RKLLM, remote)."""
+
+    def forget(self, key: str) -> None:
+        """The conversation ``key`` (a session) ended: free whatever the backend keeps for it."""
+
+    def kv_status(self) -> dict[str, object]:
+        """What the backend's KV cache holds, for ``status-report`` ({} = nothing to say)."""
+        return {}
 
     def check_grammar(self, json_schema: str) -> None:
         """Raise ValueError unless an answer can be constrained by ``json_schema`` (JSON text).

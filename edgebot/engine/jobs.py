@@ -96,3 +96,4 @@ class EngineSettings:
     answer_reserve: int = default("engine.answer_reserve")
     persona: str = default("llm.persona")
     stall_s: float = default("daemon.stall_s")  # seconds without a token in a running job before alive() is False; 0 = never
+    parallel: int = default("engine.parallel")  # answers decoded together when the backend can; 1 = one at a time

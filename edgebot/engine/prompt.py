@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Optional
 
 import jinja2
 import jinja2.sandbox
@@ -33,6 +34,9 @@ class Turn:
 
     user: str
     answer: str
+    answer_tokens: Optional[tuple[int, ...]] = field(default=None, compare=False)
+    """The tokens the model generated for ``answer`` (llama.cpp), used instead of tokenizing the text
+    again so the next prompt matches what the KV cache holds; None = tokenize the text."""
 
 
 class TemplateError(Exception):

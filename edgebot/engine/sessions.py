@@ -35,6 +35,7 @@ class SessionStore:
         self.clock = clock
         self.max_sessions = max_sessions
         self._sessions: dict[str, Session] = {}
+        self.gone: list[str] = []  # expired since the engine last freed their KV sequences
 
     def get(self, name: str) -> Session:
         self.expire()
@@ -43,6 +44,7 @@ class SessionStore:
             while len(self._sessions) >= max(1, self.max_sessions):
                 oldest = min(self._sessions.values(), key=lambda s: s.last_used)
                 del self._sessions[oldest.name]
+                self.gone.append(oldest.name)
             session = self._sessions[name] = Session(name, last_used=self.clock())
         session.last_used = self.clock()
         return session
@@ -56,6 +58,7 @@ class SessionStore:
         gone = [n for n, s in self._sessions.items() if now - s.last_used > self.idle_s]
         for name in gone:
             del self._sessions[name]
+        self.gone += gone
         return gone
 
     def snapshot(self) -> list[dict[str, Any]]:

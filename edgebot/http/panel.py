@@ -1,8 +1,9 @@
 """The classroom panel (``[http] ui``): the chat page at ``/``, its static files, and the small
 API under ``/panel/api/`` it talks to (docs/panel.md).
 
-A thin front door: a question becomes one engine job of source ``http:panel`` in the conversation's
-session ``panel:<id>`` (so follow-ups reuse the KV cache), streamed back as server-sent events;
+A thin front door: a question becomes one ask of the shared pipeline (``edgebot/asks.py``), source
+``http:panel``, in the conversation's session ``panel:<id>`` (so follow-ups reuse the KV cache),
+streamed back as server-sent events;
 conversations are kept by ``conversations.ConversationStore``; the robot's voice state comes
 from the bus through the ``BusTap`` the daemon hands over (this package never imports the bus).
 """
@@ -18,12 +19,13 @@ import mimetypes
 import secrets
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 from aiohttp import web
 
+from edgebot.asks import AskSpec, Asks, AskStream
 from edgebot.config import Config
-from edgebot.engine.jobs import EngineBusy, EngineEvent, EngineNotReady, Job, JobDelta, JobEnded, JobStarted
+from edgebot.engine.jobs import EngineBusy, EngineNotReady, JobDelta, JobEnded, JobStarted
 from edgebot.engine.scheduler import Engine
 from edgebot.http.chat import ApiError, bad
 from edgebot.http.conversations import Conversation, ConversationStore, Exchange, default_dir
@@ -99,9 +101,10 @@ class StaticFiles:
 class Panel:
     """The panel's routes on the HTTP API's application."""
 
-    def __init__(self, config: Config, engine: Engine, tap: Optional[Tap]) -> None:
+    def __init__(self, config: Config, engine: Engine, asks: Asks, tap: Optional[Tap]) -> None:
         self.config = config
         self.engine = engine
+        self.asks = asks
         self.tap = tap
         http = config.section("http")
         directory = Path(http["conversations_dir"]) if http["conversations_dir"] else default_dir()
@@ -109,7 +112,7 @@ class Panel:
         self.max_chars = http["max_prompt_chars"]
         self.static = StaticFiles(STATIC)
         self.voice = VoiceState(config.get("speech_in", "listen_window_s"))
-        self.running: dict[str, Job] = {}  # ask id -> its job, while it runs
+        self.running: dict[str, AskStream] = {}  # ask id -> its stream, while it runs
         self._unwatch = tap.watch(WATCHED, self.voice.on_message) if tap is not None else None
 
     def register(self, app: web.Application) -> None:
@@ -198,73 +201,57 @@ class Panel:
             raise bad(f"{name} holds {len(text)} characters; at most {limit} are accepted", name)
         return text
 
-    def _job(self, conv: Conversation, text: str, sink: Callable[[EngineEvent], None]) -> Job:
-        """The engine job for one question (to be built by the shared ask pipeline when it lands)."""
-        llm, priorities = self.config.section("llm"), self.config.get("engine", "priorities")
-        budgets = llm["think_budget"]
+    def _spec(self, conv: Conversation, text: str) -> AskSpec:
+        """What the panel wants answered (think budget, priority, token cap: the pipeline's, for ``http``)."""
         turns = conv.turns()
         live = {s["name"]: s["turns"] + s.get("trimmed_turns", 0) for s in self.engine.status()["sessions"]}
         # The engine keeps the session's turns (trimming the oldest to fit the context) while it is
         # live; after an expiry or a restart the stored conversation is handed over as the history.
         history = None if live.get(conv.session, 0) == len(turns) else turns
-        return Job(id=f"panel-{secrets.token_hex(8)}", text=text, source="http:panel", sink=sink,
-                   session=conv.session, show_think=True, max_tokens=min(llm["max_tokens"], llm["n_ctx"]),
-                   think_budget=budgets.get("http", budgets.get("default", 512)),
-                   priority=priorities.get("http", priorities.get("default", 3)), history=history)
-
-    async def _events(self, job: Job, queue: asyncio.Queue[EngineEvent]) -> AsyncIterator[EngineEvent]:
-        while True:
-            ev = await queue.get()
-            yield ev
-            if isinstance(ev, JobEnded):
-                return
+        return AskSpec(id=f"panel-{secrets.token_hex(8)}", text=text, source="http:panel", session=conv.session,
+                       show_think=True, history=history)
 
     async def ask(self, request: web.Request) -> web.StreamResponse:
         conv = self._conversation(request)
         text = self._text(await self._body(request), "text", self.max_chars)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[EngineEvent] = asyncio.Queue()
-        job = self._job(conv, text, lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev))
         try:
-            self.engine.submit(job)
+            stream = self.asks.open(self._spec(conv, text))
         except EngineBusy as exc:
             raise ApiError(429, f"the engine queue is full: {exc}; try again", "rate_limit_exceeded",
                            "rate_limit_exceeded")
         except EngineNotReady as exc:
             raise ApiError(503, f"not ready: {exc}", "server_error", "model_not_ready")
-        self.running[job.id] = job
+        aid = stream.job.id
+        self.running[aid] = stream
         exchange = Exchange(question=text)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
-        ended = False
         try:
             await resp.prepare(request)
-            await resp.write(_sse({"type": "queued", "id": job.id, "conversation": conv.id}))
-            ended = await self._relay(resp, job, queue, exchange)
+            await resp.write(_sse({"type": "queued", "id": aid, "conversation": conv.id}))
+            await self._relay(resp, stream, exchange)
         finally:
-            self.running.pop(job.id, None)
-            if not ended:  # the page went away (or a write failed): free the engine
-                self.engine.cancel(job.id)
-                log.info("panel page left; cancelled %s", job.id)
+            self.running.pop(aid, None)
+            if stream.ended is None:  # the page went away (or a write failed): free the engine
+                stream.close("the panel page left")
         if self.store.get(conv.id) is conv:  # not deleted meanwhile
             self.store.add(conv, exchange)
         await resp.write_eof()
         return resp
 
-    async def _relay(self, resp: web.StreamResponse, job: Job, queue: asyncio.Queue[EngineEvent],
-                     exchange: Exchange) -> bool:
-        """Write the job's events as they come (merging whatever is waiting); True once it ended."""
+    async def _relay(self, resp: web.StreamResponse, stream: AskStream, exchange: Exchange) -> None:
+        """Write the ask's events as they come (merging whatever is waiting) until its end."""
         think_started: Optional[float] = None
         thinking: list[str] = []
         answer: list[str] = []
-        async for first in self._events(job, queue):
-            batch = [first]
-            while not queue.empty():
-                batch.append(queue.get_nowait())
+        while True:
+            batch = [await stream.next()]
+            while stream.pending():
+                batch.append(await stream.next())
             out = bytearray()
             for ev in batch:
                 if isinstance(ev, JobStarted):
-                    out += _sse({"type": "start", "id": job.id})
+                    out += _sse({"type": "start", "id": ev.id})
                 elif isinstance(ev, JobDelta) and ev.think:
                     think_started = think_started or time.monotonic()
                     thinking.append(ev.text)
@@ -283,9 +270,8 @@ class Panel:
                     out += _sse({"type": "end", "reason": exchange.reason, "message": ev.message, "code": ev.code,
                                  "stats": ev.stats, "think_s": exchange.think_s})
                     await resp.write(bytes(out))
-                    return True
+                    return
             await resp.write(bytes(out))
-        return True
 
     async def cancel(self, request: web.Request) -> web.Response:
         aid = request.match_info["aid"]

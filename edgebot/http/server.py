@@ -2,12 +2,11 @@
 server-sent events), ``GET /v1/models``, ``GET /health``, and with ``[http] ui`` the classroom
 panel's page and API (``panel.py``).
 
-Every request becomes one engine ``Job`` on the same queue as the bus's asks (source ``http``:
-its priority and think budget come from ``[engine] priorities`` and ``[llm] think_budget``); there
-is no second model here. Engine events arrive from the worker thread through
-``loop.call_soon_threadsafe`` into a per-request queue. A client that goes away cancels its job:
-aiohttp cancels the handler (``handler_cancellation``), and the handler's ``finally`` cancels the
-job whether it was queued or running.
+Every request becomes one ask of the shared pipeline (``edgebot/asks.py``: source ``http``, its
+priority, think budget and token cap decided there) on the same queue as the bus's asks; there is
+no second model and no thread pool here. A client that goes away cancels its job: aiohttp cancels
+the handler (``handler_cancellation``), and the handler's ``finally`` closes the ask's stream,
+which cancels the job whether it was queued or running.
 
 The event loop is shared with the bus and the watchdog, so it does no CPU-heavy work: decoding and
 validating a request body and checking its JSON schema's grammar run on one "edgebot-http-check"
@@ -19,7 +18,6 @@ thread, within CHECK_S. Before that, the middleware applies the doors of ``edgeb
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import secrets
@@ -30,8 +28,9 @@ from typing import Any, Awaitable, Callable, Optional
 
 from aiohttp import web
 
+from edgebot.asks import AskSpec, Asks, AskStream
 from edgebot.config import Config
-from edgebot.engine.jobs import EngineBusy, EngineEvent, EngineNotReady, Job, JobDelta, JobEnded
+from edgebot.engine.jobs import EngineBusy, EngineNotReady, JobDelta, JobEnded
 from edgebot.engine.scheduler import Engine
 from edgebot.http.chat import DONE, FINISH, ApiError, ChatRequest, bad, chunk, completion, parse_chat, sse_error
 from edgebot.http.doors import (ConnectionCap, check_host, check_json_type, check_origin, is_loopback,
@@ -91,9 +90,11 @@ def _public(path: str) -> bool:
 class HttpApi:
     """The HTTP API of one edgebotd: ``start()`` on the daemon's loop, ``close()`` at shutdown."""
 
-    def __init__(self, config: Config, engine: Engine, tap: Optional[Any] = None) -> None:
+    def __init__(self, config: Config, engine: Engine, asks: Optional[Asks] = None,
+                 tap: Optional[Any] = None) -> None:
         self.config = config
         self.engine = engine
+        self.asks = asks or Asks(config, engine)
         self.tap = tap  # edgebot.bus.tap.BusTap for the panel's voice state, push-to-talk and say
         http, llm = config.section("http"), config.section("llm")
         self.host, self.port = http["host"], http["port"]
@@ -119,7 +120,7 @@ class HttpApi:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         if self.config.get("http", "ui"):
-            Panel(self.config, self.engine, self.tap).register(app)
+            Panel(self.config, self.engine, self.asks, self.tap).register(app)
         return app
 
     async def start(self) -> None:
@@ -255,7 +256,6 @@ class HttpApi:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         raw = await self._read_body(request)
-        loop = asyncio.get_running_loop()
         checking = self._checker.submit(self._check, raw)
         try:
             req = await asyncio.wait_for(asyncio.wrap_future(checking), CHECK_S)
@@ -268,63 +268,55 @@ class HttpApi:
             raise ApiError(503, f"checking the request took more than {CHECK_S:g} s (other requests may be "
                                 f"waiting to be checked); try again, or send a simpler JSON schema",
                            "server_error", "overloaded") from None
-        events: asyncio.Queue[EngineEvent] = asyncio.Queue()
-        job = self._job(req, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
         try:
-            self.engine.submit(job)
+            stream = self.asks.open(self._spec(req))
         except EngineBusy as exc:
             raise ApiError(429, f"the engine queue is full: {exc}", "rate_limit_exceeded", "rate_limit_exceeded")
         except EngineNotReady as exc:
             raise ApiError(503, f"not ready: {exc}", "server_error", "model_not_ready")
-        ended: list[JobEnded] = []  # the job's end, once received
         try:
-            first = await events.get()
+            first = await stream.next()
             if isinstance(first, JobEnded):
-                ended.append(first)
                 raise _ended_error(first)
             if req.stream:
-                return await self._stream(request, req, job, events, ended)
-            return await self._collect(job, events, ended)
+                return await self._stream(request, req, stream)
+            return await self._collect(stream)
         finally:
-            if not ended:
-                self.engine.cancel(job.id)  # client gone (handler cancelled) or write failed: free the engine
-                log.info("HTTP client left; cancelled %s", job.id)
+            if stream.ended is None:  # client gone (handler cancelled) or write failed: free the engine
+                stream.close("the HTTP client left")
+                log.info("HTTP client left; cancelled %s", stream.job.id)
 
-    def _job(self, req: ChatRequest, sink: Callable[[EngineEvent], None]) -> Job:
-        llm, priorities = self.config.section("llm"), self.config.get("engine", "priorities")
-        budgets = llm["think_budget"]
-        return Job(id=f"chatcmpl-{secrets.token_hex(12)}", text=req.question, source="http", sink=sink,
-                   show_think=True, max_tokens=min(req.max_tokens or llm["max_tokens"], llm["n_ctx"]),
-                   think_budget=budgets.get("http", budgets.get("default", 512)),
-                   priority=priorities.get("http", priorities.get("default", 3)), history=req.history,
-                   sampling=dataclasses.replace(self.engine.settings.sampling, **req.overrides()), stop=req.stop)
+    def _spec(self, req: ChatRequest) -> AskSpec:
+        return AskSpec(id=f"chatcmpl-{secrets.token_hex(12)}", text=req.question, source="http", show_think=True,
+                       max_tokens=req.max_tokens, history=req.history, sampling=req.overrides() or None,
+                       stop=req.stop)
 
-    async def _collect(self, job: Job, events: asyncio.Queue[EngineEvent], ended: list[JobEnded]) -> web.Response:
+    async def _collect(self, stream: AskStream) -> web.Response:
+        job = stream.job
         answer: list[str] = []
         thinking: list[str] = []
         while True:
-            ev = await events.get()
+            ev = await stream.next()
             if isinstance(ev, JobDelta):
                 (thinking if ev.think else answer).append(ev.text)
             elif isinstance(ev, JobEnded):
-                ended.append(ev)
                 if ev.reason not in FINISH:
                     raise _ended_error(ev)
                 return _json(200, completion(job.id, int(time.time()), self.model_id, "".join(answer),
                                              "".join(thinking), FINISH[ev.reason], ev.stats))
 
-    async def _stream(self, request: web.Request, req: ChatRequest, job: Job, events: asyncio.Queue[EngineEvent],
-                      ended: list[JobEnded]) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, req: ChatRequest, stream: AskStream) -> web.StreamResponse:
         """Send the answer as server-sent events (the job has started)."""
+        job = stream.job
         created = int(time.time())
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
         await resp.prepare(request)
         await resp.write(chunk(job.id, created, self.model_id, {"role": "assistant", "content": ""}))
         while True:
-            batch = [await events.get()]
-            while not events.empty():
-                batch.append(events.get_nowait())
+            batch = [await stream.next()]
+            while stream.pending():
+                batch.append(await stream.next())
             out = bytearray()
             kind, text = "", ""
             end: Optional[JobEnded] = None
@@ -337,7 +329,6 @@ class HttpApi:
                     kind, text = k, text + ev.text
                 elif isinstance(ev, JobEnded):
                     end = ev
-                    ended.append(ev)
             if text:
                 out += chunk(job.id, created, self.model_id, {kind: text})
             if end is not None:

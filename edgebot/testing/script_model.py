@@ -10,6 +10,10 @@ loops over the answer). Evaluating the ``</think>`` special token also leads to 
 
 The vocabulary is byte-level GPT-2/Qwen2 BPE (256 byte tokens, one merge, one token per piece)
 plus the DeepSeek-R1-Distill special tokens; the GGUF carries the real R1-Distill chat template.
+With ``vocab=`` (``edgebot.testing.qwen2_vocab``) it is instead the real DeepSeek-R1-Distill-Qwen
+vocabulary (Qwen2's 151,936-token BPE): prompts and histories then have the real model's token
+counts, each script piece must be one token of that vocabulary (``REAL_VOCAB_SCRIPT``), and the two
+151,936-row matrices are stored as Q4_0 (exact for one-hot rows) to keep the file small.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFWriter, LlamaFileType, TokenType
+from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, TokenType, quants
 
 from edgebot.engine.chat_template import (ASSISTANT_TEXT, BOS_TEXT, EOS_TEXT, R1_DISTILL_CHAT_TEMPLATE,
                                           THINK_CLOSE, THINK_OPEN, USER_TEXT)
+from edgebot.testing.qwen2_vocab import R1Vocab, VocabMissing, find_vocab, load_r1_vocab
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +112,14 @@ DEFAULT_SCRIPT = Script(
 )
 
 
+REAL_VOCAB_SCRIPT = Script(
+    think=("Okay", ",", " the", " user", " asks", " what", " two", " plus", " makes", "."),
+    close=("</", "think", ">\n\n"),
+    answer=("The", " answer", " is", " four", "!"),
+)
+"""The default script spelled in single tokens of the real Qwen2 vocabulary (for ``vocab=``)."""
+
+
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable-character table (used by Qwen2's byte-level BPE), in vocab order."""
     bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
@@ -119,10 +132,21 @@ def byte_level(text: str) -> str:
     return "".join(map(bytes_to_unicode().__getitem__, text.encode("utf-8")))
 
 
+def _real_vocab(script: Script, vocab: R1Vocab) -> tuple[list[str], list[int], list[int]]:
+    """Return (token texts, token types, token id of each script piece) over the real vocabulary."""
+    special_ids = {vocab.bos_id, vocab.eos_id} | {i for i, t in enumerate(vocab.types) if t == TokenType.CONTROL}
+    piece_ids: list[int] = []
+    for piece in script.pieces:
+        token_id = vocab.id_of(byte_level(piece))
+        if token_id is None or token_id in special_ids or vocab.tokens[token_id] in (THINK_OPEN, THINK_CLOSE):
+            raise ValueError(f"script piece {piece!r} is not one normal token of the Qwen2 vocabulary: "
+                             f"split it into pieces that are (e.g. ' answer', '4', '.')")
+        piece_ids.append(token_id)
+    return vocab.tokens, vocab.types, piece_ids
+
+
 def _build_vocab(script: Script) -> tuple[list[str], list[int], list[int]]:
     """Return (token texts, token types, token id of each script piece)."""
-    if len(set(script.pieces)) != len(script.pieces):
-        raise ValueError("script pieces must be distinct (each token can have only one successor)")
     tokens = list(bytes_to_unicode().values()) + ["".join(MERGE)]
     types = [int(TokenType.NORMAL)] * len(tokens)
     ids = {text: i for i, text in enumerate(tokens)}
@@ -169,20 +193,30 @@ def _successors(script: Script, tokens: list[str], piece_ids: list[int]) -> dict
     return succ
 
 
-def write_script_model(path: Path, script: Script = DEFAULT_SCRIPT, *, n_embd: int = 64, n_layers: int = 1,
-                       n_ff: int = 128, context_length: int = 4096) -> Path:
-    """Write the script model as an all-F32 qwen2 GGUF at ``path`` and return ``path``.
+def write_script_model(path: Path, script: Script = DEFAULT_SCRIPT, *, n_embd: int | None = None, n_layers: int = 1,
+                       n_ff: int = 128, context_length: int = 4096, vocab: R1Vocab | Path | None = None) -> Path:
+    """Write the script model as a qwen2 GGUF at ``path`` and return ``path``.
 
     ``n_embd`` (hidden size, must be a multiple of 8 and at least the number of tokens with a
-    successor), ``n_layers`` (blocks) and ``n_ff`` (FFN width) only change the file size
-    (about ``4 * n_layers * (2.5 * n_embd**2 + 3 * n_embd * n_ff)`` bytes) and the compute per
-    token, not the output. ``context_length`` (tokens) is the trained context written to the GGUF.
+    successor; default 64, or with ``vocab`` the smallest multiple of 32 that fits), ``n_layers``
+    (blocks) and ``n_ff`` (FFN width) only change the file size (about
+    ``4 * n_layers * (2.5 * n_embd**2 + 3 * n_embd * n_ff)`` bytes plus the two vocabulary matrices)
+    and the compute per token, not the output. ``context_length`` (tokens) is the trained context
+    written to the GGUF. ``vocab`` (an ``R1Vocab`` or the path of ``ggml-vocab-qwen2.gguf``): use
+    the real DeepSeek-R1-Distill-Qwen vocabulary (with n_embd 32: ~12 MB, most of it the
+    tokenizer's 151,936 tokens and 151,387 merges); all tensors are F32 except, then, the
+    embedding and output matrices (Q4_0).
     """
     path = Path(path)
-    if n_embd % (2 * N_HEAD) or n_layers < 1 or n_ff < 1:
-        raise ValueError("n_embd must be a multiple of 8; n_layers and n_ff must be >= 1")
-    tokens, types, piece_ids = _build_vocab(script)
+    real = load_r1_vocab(vocab) if isinstance(vocab, (str, Path)) else vocab
+    if len(set(script.pieces)) != len(script.pieces):
+        raise ValueError("script pieces must be distinct (each token can have only one successor)")
+    tokens, types, piece_ids = _real_vocab(script, real) if real else _build_vocab(script)
     succ = _successors(script, tokens, piece_ids)
+    if n_embd is None:
+        n_embd = -(-len(succ) // 32) * 32 if real else 64
+    if n_embd % (2 * N_HEAD) or n_layers < 1 or n_ff < 1 or (real and n_embd % 32):
+        raise ValueError("n_embd must be a multiple of 8 (of 32 with vocab=); n_layers and n_ff must be >= 1")
     if len(succ) > n_embd:
         raise ValueError(f"n_embd={n_embd} is too small: {len(succ)} tokens need a one-hot embedding")
     n_vocab = len(tokens)
@@ -213,16 +247,20 @@ def write_script_model(path: Path, script: Script = DEFAULT_SCRIPT, *, n_embd: i
     writer.add_tokenizer_pre("qwen2")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    writer.add_token_merges([" ".join(MERGE)])
-    writer.add_bos_token_id(tokens.index(BOS_TEXT))
-    writer.add_eos_token_id(tokens.index(EOS_TEXT))
+    writer.add_token_merges(real.merges if real else [" ".join(MERGE)])
+    writer.add_bos_token_id(real.bos_id if real else tokens.index(BOS_TEXT))
+    writer.add_eos_token_id(real.eos_id if real else tokens.index(EOS_TEXT))
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
     writer.add_chat_template(R1_DISTILL_CHAT_TEMPLATE)
 
-    writer.add_tensor("token_embd.weight", token_embd)
+    for name, matrix in (("token_embd.weight", token_embd), ("output.weight", output)):
+        if real:  # 0.5625 bytes a weight instead of 4; one value per 32-block is exact in Q4_0
+            q4 = GGMLQuantizationType.Q4_0
+            writer.add_tensor(name, quants.quantize(matrix, q4), raw_dtype=q4)
+        else:
+            writer.add_tensor(name, matrix)
     writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=f32))
-    writer.add_tensor("output.weight", output)
     # q/k/v (and their biases, needed by older llama.cpp) and ffn gate/up may be anything: zero.
     # np.zeros pages are only touched when written, so even big models cost little memory.
     zeros = {"attn_q.weight": (n_embd, n_embd), "attn_q.bias": (n_embd,), "attn_k.weight": (n_embd_kv, n_embd),
@@ -239,25 +277,29 @@ def write_script_model(path: Path, script: Script = DEFAULT_SCRIPT, *, n_embd: i
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    log.info("wrote script model %s (n_vocab=%d, n_embd=%d, n_layers=%d, n_ff=%d, loop=%s)",
-             path, n_vocab, n_embd, n_layers, n_ff, script.loop)
+    log.info("wrote script model %s (n_vocab=%d, n_embd=%d, n_layers=%d, n_ff=%d, loop=%s, %d bytes)",
+             path, n_vocab, n_embd, n_layers, n_ff, script.loop, path.stat().st_size)
     return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``python -m edgebot.testing.script_model OUT.gguf [--loop] [--layers N] [--embd N] [--ff N]``."""
+    """CLI: ``python -m edgebot.testing.script_model OUT.gguf [--loop] [--layers N] [--embd N] [--ff N] [--real-vocab]``."""
     parser = argparse.ArgumentParser(prog="python -m edgebot.testing.script_model",
                                      description="Write the tiny deterministic R1-style script model (GGUF).")
     parser.add_argument("out", type=Path, help="output .gguf path")
     parser.add_argument("--loop", action="store_true", help="repeat the answer forever instead of stopping")
     parser.add_argument("--layers", type=int, default=1, help="number of blocks (default 1)")
-    parser.add_argument("--embd", type=int, default=64, help="hidden size, multiple of 8 (default 64)")
+    parser.add_argument("--embd", type=int, default=None,
+                        help="hidden size, multiple of 8 (default 64; with --real-vocab the smallest multiple of 32)")
     parser.add_argument("--ff", type=int, default=128, help="FFN width (default 128)")
+    parser.add_argument("--real-vocab", action="store_true",
+                        help="the real DeepSeek-R1-Distill-Qwen vocabulary (edgebot.testing.qwen2_vocab)")
     args = parser.parse_args(argv)
-    script = replace(DEFAULT_SCRIPT, loop=args.loop)
+    script = replace(REAL_VOCAB_SCRIPT if args.real_vocab else DEFAULT_SCRIPT, loop=args.loop)
     try:
-        out = write_script_model(args.out, script, n_embd=args.embd, n_layers=args.layers, n_ff=args.ff)
-    except ValueError as exc:
+        vocab = find_vocab() if args.real_vocab else None
+        out = write_script_model(args.out, script, n_embd=args.embd, n_layers=args.layers, n_ff=args.ff, vocab=vocab)
+    except (ValueError, VocabMissing) as exc:
         parser.error(str(exc))
     print(out)
     return 0

@@ -2,44 +2,39 @@
 
 Why not ``Llama.create_completion``: we need cancel between prompt batches and after every
 token, the KV-cache prefix reused across turns (and counted), text injected into the stream
-(the think budget's ``</think>``), and user text that can never become a control token.
+(the think budget's ``</think>``), user text that can never become a control token, a KV sequence
+per conversation (``llama_seqs.py``) and several answers decoded together (``llama_batch.py``).
+The model and context are made with llama-cpp-python's low-level wrappers (``LlamaModel``,
+``LlamaContext``), because ``Llama`` cannot create a context with several sequences.
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import logging
 import os
 import random
 import re
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from edgebot.config.schema import GET_MODEL as GET_MODEL_COMMAND
 from edgebot.engine.backend import (Backend, BackendInfo, GenerationResult, ModelError, PieceCallback,
                                     PreparedPrompt, SamplingParams)
+from edgebot.engine.backends.llama_batch import Batcher, Stream, token_piece
+from edgebot.engine.backends.llama_grammar import GRAMMAR_STEP_S, build_grammar
+from edgebot.engine.backends.llama_seqs import SeqPool
 from edgebot.engine.prompt import Turn, render_segments
-from edgebot.engine.think import CLOSE_TAG
+from edgebot.engine.think import OPEN_TAG
 
 log = logging.getLogger(__name__)
+
+__all__ = ["GRAMMAR_STEP_S", "LlamaBackend", "check_model_file", "load_progress", "token_piece"]
 
 FAULT_STALL_ENV = "EDGEBOT_FAULT_STALL_GENERATE"
 """Fault-injection hook for tests/hostile: set to 1, every answer blocks forever in ``generate``
 (never yields a token, never checks cancel), to prove the watchdog ping stops. Off unless set."""
-
-GRAMMAR_STEP_S = 5.0
-"""Longest one grammar-constrained sampling step may take (seconds) before the answer ends with an
-error. The schema bounds keep a step to milliseconds; this is the backstop for what they miss."""
-MAX_GRAMMAR_CHARS = 65536
-"""Largest grammar (characters of GBNF) built from a JSON schema (the bounded schemas make a few KB)."""
-GBNF_ESCAPES = set("xuUtrn\\\"[]")
-"""The escapes llama.cpp's grammar parser knows. On a parse error it prints the whole grammar to stderr
-itself (not through its log callback): ~120 KB per request for ``maxLength: 15000``. The schema
-bounds keep grammars small, and the converter's known way of writing one llama.cpp refuses (regex
-escapes such as ``\\d`` copied into a literal) is caught before llama.cpp sees it."""
 
 GET_MODEL = (f"Get the model with `{GET_MODEL_COMMAND}` (DeepSeek-R1-Distill-Qwen-1.5B Q4_K_M GGUF) "
              "or set [llm] model / --model to a GGUF file.")
@@ -64,35 +59,6 @@ def check_model_file(path: str) -> None:
         raise ModelError(f"model file {path} is not a GGUF file (it starts with {head[:4]!r}). {GET_MODEL}")
     if len(head) < 24:
         raise ModelError(f"model file {path} is truncated ({p.stat().st_size} bytes). {GET_MODEL}")
-
-
-def token_piece(vocab: object, token: int, special: bool = False) -> bytes:
-    """The bytes of one token, however long. llama-cpp-python's ``detokenize``/``token_to_piece``
-    use a 32-byte buffer and silently return nothing for a longer token (Qwen's vocabulary has
-    tokens of long runs of spaces or symbols), so the answer would lose text."""
-    import ctypes
-
-    import llama_cpp
-
-    size = 64
-    buf = ctypes.create_string_buffer(size)
-    n = llama_cpp.llama_token_to_piece(vocab, token, buf, size, 0, special)
-    if n < 0:  # the buffer was too small: -n is the size needed
-        size = -n
-        buf = ctypes.create_string_buffer(size)
-        n = llama_cpp.llama_token_to_piece(vocab, token, buf, size, 0, special)
-    return buf.raw[:max(n, 0)]
-
-
-def _unknown_escape(gbnf: str) -> str:
-    """The first escape in ``gbnf`` that llama.cpp's parser would refuse (e.g. ``\\d`` copied from a
-    pattern), or ""."""
-    i = gbnf.find("\\")
-    while i >= 0:
-        if gbnf[i + 1:i + 2] not in GBNF_ESCAPES:
-            return gbnf[i:i + 2]
-        i = gbnf.find("\\", i + 2)
-    return ""
 
 
 @contextlib.contextmanager
@@ -135,20 +101,30 @@ def load_progress(backend: Backend, log_every: float = 10.0) -> Iterator[None]:
 class LlamaBackend(Backend):
     """One ``llama_cpp.Llama``; every method but ``load``/``info`` runs on the engine thread."""
 
+    max_parallel = 64  # answers this backend can decode together (the engine asks for [engine] parallel)
+
     def __init__(self, model_path: str, *, n_ctx: int = 4096, n_threads: int = 0, n_batch: int = 256,
-                 use_mmap: bool = True, use_mlock: bool = False) -> None:
+                 use_mmap: bool = True, use_mlock: bool = False, sequences: int = 4, kv_tokens: int = 0) -> None:
+        """``n_ctx``: most tokens of one conversation; ``kv_tokens``: the KV cache shared by all
+        ``sequences`` (conversations kept warm), at least ``n_ctx`` (0 = ``n_ctx``)."""
         self.model_path = model_path
         self.n_ctx = n_ctx
         self.n_threads = n_threads or len(os.sched_getaffinity(0))
         self.n_batch = n_batch
         self.use_mmap = use_mmap
         self.use_mlock = use_mlock
-        self._llm = None  # llama_cpp.Llama once loaded
+        self.sequences = max(1, sequences)
+        self.kv_tokens = max(n_ctx, kv_tokens)
+        self._llm: Any = None  # llama_cpp's LlamaModel once loaded (tokenize/detokenize)
+        self._ctx: Any = None
+        self.pool: Optional[SeqPool] = None
+        self.batcher: Optional[Batcher] = None
         self._special: dict[str, int] = {}  # text of every control / user-defined token
         self._special_re: Optional[re.Pattern[str]] = None  # any of them, longest first
         self._spelled: dict[str, list[int]] = {}  # a special token's text as plain-character tokens
         self._template: Optional[str] = None
         self._closing = threading.Lock()  # a grammar check on another thread never races the model's release
+        self.load_progress: Optional[float] = None  # percent while loading (load_progress), else None
         self._bos_text = ""
         self._eos_text = ""
 
@@ -157,17 +133,34 @@ class LlamaBackend(Backend):
     def load(self) -> None:
         check_model_file(self.model_path)
         import llama_cpp  # heavy: imported only by the daemon
+        from llama_cpp import _internals as internals
+        from llama_cpp._logger import set_verbose
 
+        set_verbose(False)  # llama.cpp's own log: errors only (as llama_cpp.Llama(verbose=False))
+
+        load_mode = {(True, True): llama_cpp.LLAMA_LOAD_MODE_MMAP_MLOCK, (False, True): llama_cpp.LLAMA_LOAD_MODE_MLOCK,
+                             (True, False): llama_cpp.LLAMA_LOAD_MODE_MMAP,
+                             (False, False): llama_cpp.LLAMA_LOAD_MODE_NONE}[(self.use_mmap, self.use_mlock)]
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = self.kv_tokens
+        cparams.n_batch = min(self.n_batch, self.kv_tokens)
+        cparams.n_ubatch = min(cparams.n_batch, 512)
+        cparams.n_threads = cparams.n_threads_batch = self.n_threads
+        cparams.n_seq_max = self.sequences
+        cparams.kv_unified = True  # one pool of cells for every sequence, each may use up to n_ctx of them
+        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as llama_cpp.Llama's default
         try:
             with load_progress(self):
-                llm = llama_cpp.Llama(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads,
-                                      n_threads_batch=self.n_threads, n_batch=self.n_batch,
-                                      use_mmap=self.use_mmap, use_mlock=self.use_mlock, verbose=False)
+                mparams = llama_cpp.llama_cpp.llama_model_default_params()  # with the progress callback
+                mparams.load_mode = load_mode
+                model = internals.LlamaModel(path_model=self.model_path, params=mparams, verbose=False)
+            ctx = internals.LlamaContext(model=model, params=cparams, verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelError(f"model file {self.model_path} could not be loaded by llama.cpp ({exc}); "
                              f"it may be truncated, corrupt or of an unsupported architecture. {GET_MODEL}") from None
-        self._llm = llm
-        model = llm._model
+        self._llm, self._ctx = model, ctx
+        self.pool = SeqPool(ctx, self.sequences, self.kv_tokens)
+        self.batcher = Batcher(ctx, model, self.pool, cparams.n_batch, self.n_ctx)
         wanted = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
         for tok in range(model.n_vocab()):
             if model.token_get_attr(tok) & wanted:
@@ -176,20 +169,39 @@ class LlamaBackend(Backend):
                     self._special[text] = tok
         if self._special:
             self._special_re = re.compile("|".join(re.escape(t) for t in sorted(self._special, key=len, reverse=True)))
-        self._template = llm.metadata.get("tokenizer.chat_template")
+        self._template = model.metadata().get("tokenizer.chat_template")
         self._bos_text = model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else ""
         self._eos_text = model.token_get_text(model.token_eos()) if model.token_eos() >= 0 else ""
-        log.info("loaded %s: n_ctx=%d threads=%d batch=%d, %d special tokens", self.model_path, self.n_ctx,
-                 self.n_threads, self.n_batch, len(self._special))
+        log.info("loaded %s: n_ctx=%d threads=%d batch=%d, KV cache %d tokens for %d sequences, %d special tokens",
+                 self.model_path, self.n_ctx, self.n_threads, self.n_batch, self.kv_tokens, self.sequences,
+                 len(self._special))
 
     def info(self) -> BackendInfo:
         return BackendInfo(name="llama.cpp", model=self.model_path, n_ctx=self.n_ctx)
 
     def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+            self.batcher = None
         with self._closing:
+            if self._ctx is not None:
+                self._ctx.close()
+                self._ctx = None
             if self._llm is not None:
                 self._llm.close()
                 self._llm = None
+        self.pool = None
+
+    def forget(self, key: str) -> None:
+        if self.pool is not None:
+            self.pool.forget(key)
+
+    def kv_status(self) -> dict[str, Any]:
+        pool = self.pool
+        if pool is None:
+            return {}
+        return {"cells": pool.cells, "used": sum(len(s.tokens) for s in pool.seqs), "sequences": pool.snapshot(),
+                "evictions": pool.evictions, "shifted_tokens": pool.shifted}
 
     # -- prompts -----------------------------------------------------------------------------
 
@@ -226,170 +238,158 @@ class LlamaBackend(Backend):
         segments = render_segments(self._template, turns, question, persona=persona,
                                    bos_text=self._bos_text, eos_text=self._eos_text)
         tokens: list[int] = []
+        turn_ends: list[int] = []
+        content = -1 if persona and (turns or question is not None) else 0  # the persona is the first content
+        last: list[int] = []
         for seg in segments:
             if seg.is_content:
-                tokens += self.tokenize_text(seg.text)
+                turn = turns[content // 2] if 0 <= content < 2 * len(turns) and content % 2 == 1 else None
+                if turn is not None and turn.answer_tokens is not None and seg.text == turn.answer:
+                    tokens += turn.answer_tokens  # what the model generated: what its KV sequence holds
+                else:
+                    tokens += self.tokenize_text(seg.text)
+                if turn is not None:
+                    turn_ends.append(len(tokens))  # after an earlier turn's answer
+                content += 1
             else:
-                tokens += self._llm.tokenize(seg.text.encode(), add_bos=False, special=True)
+                last = self._llm.tokenize(seg.text.encode(), add_bos=False, special=True)
+                tokens += last
         ends_thinking = bool(segments) and not segments[-1].is_content and \
-            segments[-1].text.rstrip().endswith("<think>")
-        return PreparedPrompt(tokens=tokens, starts_thinking=ends_thinking and question is not None)
+            segments[-1].text.rstrip().endswith(OPEN_TAG)
+        prompt = PreparedPrompt(tokens=tokens, starts_thinking=ends_thinking and question is not None,
+                                turn_ends=turn_ends if len(turn_ends) == len(turns) else None)
+        if prompt.starts_thinking:
+            text = segments[-1].text
+            head = self._llm.tokenize(text[:text.rfind(OPEN_TAG)].encode(), add_bos=False, special=True)
+            prompt.think_at = len(tokens) - len(last) + len(head)
+        return prompt
 
     def extend(self, prompt: PreparedPrompt, text: str) -> PreparedPrompt:
         assert self._llm is not None
         extra = self._llm.tokenize(text.encode(), add_bos=False, special=True)
-        return PreparedPrompt(tokens=prompt.tokens + extra, starts_thinking=False)
+        return PreparedPrompt(tokens=prompt.tokens + extra, starts_thinking=False, key=prompt.key,
+                              turn_ends=prompt.turn_ends, dropped=prompt.dropped)
 
     # -- the cache ---------------------------------------------------------------------------
 
-    def _reuse_prefix(self, tokens: list[int]) -> int:
-        """Drop the cache after the longest common prefix with ``tokens``; returns its length."""
-        llm = self._llm
-        assert llm is not None
-        n = 0
-        limit = min(llm.n_tokens, len(tokens) - 1)  # keep >= 1 token to evaluate for fresh logits
-        cached = llm.input_ids
-        while n < limit and cached[n] == tokens[n]:
-            n += 1
-        if n < llm.n_tokens:
-            if not llm._ctx.kv_cache_seq_rm(-1, n, -1):
-                n = 0
-                llm._ctx.kv_cache_seq_rm(-1, 0, -1)
-            llm.n_tokens = n
-        return n
-
-    def _eval_batches(self, tokens: list[int], start: int, stop: Callable[[], bool]) -> int:
-        """Evaluate ``tokens[start:]`` in n_batch batches; returns how many were evaluated."""
-        llm = self._llm
-        assert llm is not None
-        done = 0
-        for i in range(start, len(tokens), self.n_batch):
-            if stop():
-                break
-            batch = tokens[i: i + self.n_batch]
-            llm.eval(batch)
-            done += len(batch)
-        return done
-
     def prefill(self, prompt: PreparedPrompt, stop: Callable[[], bool]) -> int:
+        """Bring the conversation's sequence to ``prompt`` (its canonical history), batch by batch."""
+        assert self.pool is not None and self.batcher is not None
         tokens = prompt.tokens[: self.n_ctx - 1]
         if not tokens:
             return 0
-        start = self._reuse_prefix(tokens + [-1])  # the whole prompt may be reused here
-        return self._eval_batches(tokens, start, stop)
+        seq = self.pool.acquire(prompt.key, tokens)
+        try:
+            start = self.pool.reuse(seq, tokens, prompt.dropped, keep_one=False)
+            if start >= len(tokens) or not self.pool.make_room(len(tokens) - start, seq):
+                return 0
+            cancel = threading.Event()
+            st = Stream(seq, PreparedPrompt(tokens=tokens, starts_thinking=False), start, 0, cancel,
+                        lambda piece: None, None, None)
+            while st.prefilling and not st.done:
+                if stop():
+                    cancel.set()
+                self.batcher.step([st])
+            return len(seq.tokens) - start
+        finally:
+            self.pool.release(seq)
 
     # -- generation --------------------------------------------------------------------------
 
+    def _sampler(self, params: SamplingParams, grammar: Any = None) -> Any:
+        """A sampler chain as ``llama_cpp.Llama`` builds one (top-k, typical, top-p, min-p 0.05,
+        temperature, a seeded draw), with ``grammar`` first when given."""
+        from llama_cpp import _internals as internals
+
+        chain = internals.LlamaSampler()
+        if grammar is not None:
+            chain.add_grammar(self._llm, grammar)
+        seed = params.seed if params.seed >= 0 else random.randrange(2**31)
+        if params.temperature < 0:
+            chain.add_dist(seed)
+        elif params.temperature == 0:
+            chain.add_greedy()
+        else:
+            chain.add_top_k(params.top_k)
+            chain.add_typical(1.0, 1)
+            chain.add_top_p(params.top_p, 1)
+            chain.add_min_p(0.05, 1)
+            chain.add_temp(params.temperature)
+            chain.add_dist(seed)
+        return chain
+
     def _grammar(self, json_schema: str) -> Any:
-        """A ``LlamaGrammar`` for ``json_schema``, built only within the schema bounds and checked by
-        llama.cpp's own parser. Raises ValueError (SchemaLimitError for a bound) naming the problem."""
-        super().check_grammar(json_schema)  # the bounds, before anything is built
-        from llama_cpp.llama_grammar import LlamaGrammar
-
-        try:
-            grammar = LlamaGrammar.from_json_schema(json_schema, verbose=False)
-        except Exception as exc:  # noqa: BLE001 - the converter raises assorted types on odd schemas
-            raise ValueError(f"the JSON schema cannot be turned into a grammar: {str(exc)[:300]}") from None
-        if len(grammar._grammar) > MAX_GRAMMAR_CHARS:
-            raise ValueError(f"the grammar made from the JSON schema has {len(grammar._grammar)} characters, more "
-                             f"than {MAX_GRAMMAR_CHARS}; simplify the schema")
-        bad_escape = _unknown_escape(grammar._grammar)
-        if bad_escape:
-            raise ValueError(f"a pattern in the JSON schema uses {bad_escape}, which llama-cpp-python's grammar "
-                             f"converter does not translate; write a character class instead (e.g. [0-9] for \\d, "
-                             f"[.] for \\.)")
-        # llama-cpp-python adds a grammar sampler without checking it parsed (a NULL would crash):
-        # parse it once here first. Reads only the vocabulary, so any thread may do it.
-        with self._closing:
-            llm = self._llm
-            if llm is not None:
-                import llama_cpp
-
-                probe = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, grammar._grammar.encode(), b"root")
-                if not probe:
-                    raise ValueError("llama.cpp refused the grammar made from the JSON schema (its converter does "
-                                     "not support some construct in it); simplify the schema")
-                llama_cpp.llama_sampler_free(probe)
-        return grammar
+        return build_grammar(json_schema, lambda: self._llm.vocab if self._llm is not None else None, self._closing)
 
     def check_grammar(self, json_schema: str) -> None:
         self._grammar(json_schema)
 
-    def _grammar_sampler(self, params: SamplingParams) -> object:
-        """A sampler chain like the free one, constrained by the grammar of ``params.json_schema``.
+    def open(self, prompt: PreparedPrompt, params: SamplingParams, max_tokens: int, cancel: threading.Event,
+             on_piece: PieceCallback) -> Stream:
+        """Start a generation in the prompt's conversation sequence (``step`` advances it).
 
-        Raises ValueError when the schema cannot be turned into a grammar llama.cpp accepts.
+        Raises ValueError for a JSON schema llama.cpp cannot use, MemoryError when the KV cache
+        has no room for it beside the running answers (it may be opened again later).
         """
-        llm = self._llm
-        assert llm is not None and params.json_schema is not None
-        grammar = self._grammar(params.json_schema)
-        return llm._init_sampler(temp=params.temperature, top_p=params.top_p, top_k=params.top_k, grammar=grammar)
+        assert self.pool is not None
+        constrained = self._sampler(params, self._grammar(params.json_schema)) if params.json_schema is not None \
+            else None
+        seq = self.pool.acquire(prompt.key, prompt.tokens)
+        cached = self.pool.reuse(seq, prompt.tokens, prompt.dropped)
+        if not self.pool.make_room(len(prompt.tokens) - cached + 1, seq):
+            self.pool.release(seq)
+            raise MemoryError("the KV cache is full with running answers")
+        st = Stream(seq, prompt, cached, max_tokens, cancel, on_piece, self._sampler(params), constrained)
+        st.grammar_step_s = GRAMMAR_STEP_S  # read here, so a test may lower it
+        return st
+
+    def step(self, streams: list[Stream]) -> None:
+        """One ``llama_decode`` for every open stream."""
+        assert self.batcher is not None
+        self.batcher.step(streams)
+
+    def finish(self, st: Stream, keep_answer: bool) -> GenerationResult:
+        """End a stream (done or not) and free its sequence. ``keep_answer``: the answer becomes the
+        conversation's history, so its thinking is shifted out of the sequence now (the R1 template
+        drops past thinking), and the next question does not re-read the answer."""
+        assert self.pool is not None and self.batcher is not None
+        result = self.batcher.end(st)
+        seq, think_at = st.seq, st.prompt.think_at
+        if keep_answer and st.answer_at is not None:
+            self._answer_tokens(result, seq.tokens[st.answer_at:])
+        if keep_answer and think_at is not None and st.answer_at is not None and st.answer_at > think_at:
+            if self.pool.drop_span(seq, think_at, st.answer_at - think_at):
+                log.debug("KV sequence %d: thinking shifted out (%d tokens)", seq.id, st.answer_at - think_at)
+        self.pool.release(seq)
+        return result
+
+    def _answer_tokens(self, result: GenerationResult, tokens: list[int]) -> None:
+        """Offer the answer's generated tokens for the next prompt (none that is a control token)."""
+        assert self._llm is not None
+        special = set(self._special.values())
+        texts = [token_piece(self._llm.vocab, t).decode("utf-8", "replace") for t in tokens]
+        while texts and not texts[0].strip():
+            tokens, texts = tokens[1:], texts[1:]
+        while texts and not texts[-1].strip():
+            tokens, texts = tokens[:-1], texts[:-1]
+        if tokens and not special.intersection(tokens):
+            result.answer_tokens, result.answer_text = tuple(tokens), "".join(texts)
 
     def generate(self, prompt: PreparedPrompt, params: SamplingParams, max_tokens: int,
                  cancel: threading.Event, on_piece: PieceCallback) -> GenerationResult:
-        llm = self._llm
-        assert llm is not None
-        import llama_cpp
-
         if os.environ.get(FAULT_STALL_ENV) == "1":  # FAULT INJECTION for tests/hostile only; off unless set
             log.warning("FAULT INJECTION %s=1: this answer blocks forever without checking cancel", FAULT_STALL_ENV)
             threading.Event().wait()
-        tokens = prompt.tokens
-        result = GenerationResult(reason="stop", prompt_tokens=len(tokens), backend="local")
-        result.cached_tokens = self._reuse_prefix(tokens)
-        self._eval_batches(tokens, result.cached_tokens, cancel.is_set)
-        if cancel.is_set():
-            result.reason = "cancelled"
-            return result
-        llm.set_seed(params.seed if params.seed >= 0 else random.randrange(2**31))
-        sampler = llm._init_sampler(temp=params.temperature, top_p=params.top_p, top_k=params.top_k)
-        constrained = None
-        if params.json_schema is not None:
-            try:
-                constrained = self._grammar_sampler(params)
-            except ValueError as exc:
-                result.reason, result.message = "error", str(exc)
-                return result
-        # The grammar constrains the answer only: it takes over once the thinking has closed.
-        answering, seen = not prompt.starts_thinking, ""
-        vocab = llm._model.vocab
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        room = self.n_ctx - llm.n_tokens
-        limit = min(max_tokens, room)
-        while True:
-            if result.completion_tokens >= limit:
-                result.reason = "length"
-                break
-            if constrained is not None and answering:
-                began = time.monotonic()
-                token = constrained.sample(llm._ctx, -1)  # type: ignore[attr-defined]
-                took = time.monotonic() - began
-                if took > GRAMMAR_STEP_S:
-                    result.reason = "error"
-                    result.message = (f"one token under the JSON schema's grammar took {took:.1f} s (limit "
-                                      f"{GRAMMAR_STEP_S:g} s); simplify the schema")
-                    break
-            else:
-                token = sampler.sample(llm._ctx, -1)
-            if llama_cpp.llama_vocab_is_eog(vocab, token):
-                break
-            result.completion_tokens += 1
-            piece = decoder.decode(token_piece(vocab, token))
-            inject = on_piece(piece)
-            if not answering:
-                seen += piece + (inject or "")
-                answering, seen = CLOSE_TAG in seen, seen[-len(CLOSE_TAG):]
-            feed = [token]
-            if inject:
-                feed += llm.tokenize(inject.encode(), add_bos=False, special=True)
-            if cancel.is_set():
-                result.reason = "cancelled"
-                break
-            if llm.n_tokens + len(feed) > self.n_ctx:
-                result.reason = "length"
-                break
-            llm.eval(feed)
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            on_piece(tail)
-        return result
+        try:
+            st = self.open(prompt, params, max_tokens, cancel, on_piece)
+        except ValueError as exc:
+            return GenerationResult(reason="error", prompt_tokens=len(prompt.tokens), backend="local",
+                                    message=str(exc))
+        try:
+            while not st.done:
+                self.step([st])
+        except BaseException:
+            self.finish(st, keep_answer=False)
+            raise
+        return self.finish(st, keep_answer=st.result.reason in ("stop", "length"))
+

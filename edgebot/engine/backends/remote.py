@@ -2,12 +2,11 @@
 another edgebotd), with the on-board model as the fallback for any answer the remote cannot give.
 
 It sits behind the same ``Backend`` interface, so the engine, every bridge and the CLI work
-unchanged. The remote's stream is turned into the text the engine's think splitter expects:
-``reasoning_content`` (or ``reasoning``) becomes ``<think>…`` and the first ``content`` after it
-closes the block with ``</think>``; ``<think>`` tags inside ``content`` pass through as text and
-are split the same way. A mirror splitter follows exactly what the engine has seen, so a
-fallback in the middle of the thinking continues it on the local model, and the think budget's
-``</think>`` (which a remote stream cannot take) hides the rest of the remote's thinking.
+unchanged. The remote's stream becomes the engine's flagged pieces: ``reasoning_content`` (or
+``reasoning``) is thinking and the first ``content`` after it ends the thinking; ``<think>`` tags
+inside ``content`` are split as the local model's would be. A fallback in the middle of the
+thinking continues it on the local model, and the think budget's ``</think>`` (which a remote
+stream cannot take) hides the rest of the remote's thinking.
 
 Health: the first failure (refused, timed out, an HTTP error) marks the remote down; answers are
 then local for ``retry_s`` seconds, after which a probe (``GET /models``) decides per answer
@@ -27,7 +26,7 @@ from edgebot.engine.backend import (Backend, BackendInfo, GenerationResult, Piec
                                     SamplingParams)
 from edgebot.engine.backends.http_client import Cancelled, RemoteError, request
 from edgebot.engine.prompt import Turn
-from edgebot.engine.think import CLOSE_TAG, OPEN_TAG, ThinkSplitter
+from edgebot.engine.think import CLOSE_TAG, OPEN_TAG, Piece, PieceSplitter
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +238,7 @@ class RemoteBackend(Backend):
             result.reason = "cancelled"
         finally:
             resp.close()
+        stream.finish()
         result.completion_tokens = int(usage.get("completion_tokens") or stream.pieces)
         result.prompt_tokens = int(usage.get("prompt_tokens") or result.prompt_tokens)
         return result
@@ -256,58 +256,61 @@ class RemoteBackend(Backend):
 
 
 class _Relay:
-    """Turns remote deltas into the engine's text stream, mirroring the engine's think splitter."""
+    """Turns remote deltas into the engine's flagged pieces: ``reasoning_content`` is thinking, the
+    first ``content`` after it ends the thinking (a shared ``PieceSplitter`` keeps ``<think>`` tags
+    inside ``content`` as the model meant them)."""
 
     def __init__(self, on_piece: PieceCallback, no_think: bool) -> None:
         self.on_piece = on_piece
-        self.mirror = ThinkSplitter(False)
+        self.split = PieceSplitter(False)
         self.pieces = 0  # on_piece calls: the count of "tokens" when the server reports no usage
         self.answered = False  # answer text has reached the engine: a fallback would repeat it
-        self.opened = False  # the engine's splitter has entered thinking
+        self.opened = False  # the stream has entered thinking
         self.synthetic = False  # ...through an <think> this relay added for reasoning_content
         self.cut = no_think  # the thinking was closed by the engine: drop the remote's reasoning
 
     def _send(self, text: str) -> Optional[str]:
-        split = self.mirror.feed(text)
-        self.opened |= self.mirror.thinking or bool(split.think)
-        self.answered |= bool(split.answer.strip())
-        inject = self.on_piece(text)
+        piece = self.split.feed(text)
+        self.opened |= self.split.thinking or bool(piece.think)
+        self.answered |= bool(piece.answer.strip())
+        inject = self.on_piece(piece)
         if inject:
-            self.mirror.feed(inject)
+            self.on_piece(self.split.inject(inject))
             if CLOSE_TAG in inject:
                 self.cut = True
         return inject
 
-    def forward(self, text: str) -> Optional[str]:
+    def forward(self, piece: Piece) -> Optional[str]:
         """The local model's pieces during a fallback (counted by the local backend itself)."""
-        return self._send(text)
+        self.answered |= bool(piece.answer.strip())
+        inject = self.on_piece(piece)
+        if inject and CLOSE_TAG in inject:
+            self.cut = True
+        return inject
 
     def reasoning(self, text: str) -> None:
-        if self.cut or (self.opened and not self.mirror.thinking):
+        if self.cut or (self.opened and not self.split.thinking):
             return  # thinking already closed (think budget, or the answer began): never shown as answer
         self.pieces += 1
-        if not self.mirror.thinking:
+        if not self.split.thinking:
             text, self.synthetic = OPEN_TAG + text, True
         self._send(text)
 
     def content(self, text: str) -> None:
         self.pieces += 1
-        if self.mirror.thinking and self.synthetic:
+        if self.split.thinking and self.synthetic:
             text, self.synthetic = CLOSE_TAG + text, False  # reasoning_content is over: close our <think>
         self._send(text)
 
+    def finish(self) -> None:
+        """The remote's stream ended: what the splitter held back goes out."""
+        self.on_piece(self.split.flush())
+
     def prepare_local(self, local_thinks: bool) -> str:
-        """Before a fallback: bring the engine's splitter and the local prompt into agreement.
+        """Before a fallback: the local model's stream takes over from where this one stopped.
         Returns text to append to the local prompt (closing its thinking), or ""."""
-        if local_thinks:
-            if self.cut or (self.opened and not self.mirror.thinking):
-                return CLOSE_INJECT  # the engine is past the thinking: the local model must not think
-            if not self.mirror.thinking:
-                inject = self._send(OPEN_TAG)  # the local stream starts inside thinking
-                return CLOSE_INJECT if inject and CLOSE_TAG in inject else ""
-            return ""
-        if self.mirror.thinking:
-            self._send(CLOSE_TAG)
+        if local_thinks and (self.cut or (self.opened and not self.split.thinking)):
+            return CLOSE_INJECT  # the answer is past the thinking: the local model must not think
         return ""
 
 

@@ -53,7 +53,7 @@ from edgebot.engine.backend import (Backend, BackendInfo, GenerationResult, Mode
                                     PreparedPrompt, SamplingParams)
 from edgebot.engine.chat_template import BOS_TEXT, EOS_TEXT, R1_DISTILL_CHAT_TEMPLATE
 from edgebot.engine.prompt import Turn, render_segments
-from edgebot.engine.think import OPEN_TAG, ThinkSplitter
+from edgebot.engine.think import OPEN_TAG, PieceSplitter
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ class RkllmBackend(Backend):
                 self._lib.rkllm_clear_kv_cache(self._handle, 0, None, None)
             send, cached = text, 0
         result = GenerationResult(reason="stop", cached_tokens=cached)
-        splitter = ThinkSplitter(prompt.starts_thinking)
+        splitter = PieceSplitter(prompt.starts_thinking)
         answer: list[str] = []
         generated: list[str] = []  # this run's text, for a re-run after a forced </think>
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -321,13 +321,16 @@ class RkllmBackend(Backend):
             result.completion_tokens += 1
             piece = decoder.decode(data)
             generated.append(piece)
-            answer.append(splitter.feed(piece).answer)
-            inject = on_piece(piece)
+            split = splitter.feed(piece)
+            answer.append(split.answer)
+            inject = on_piece(split)
             if cancel.is_set():
                 self._stop(thread)
                 stopping = True
             elif inject:
-                answer.append(splitter.feed(inject).answer)
+                split = splitter.inject(inject)
+                answer.append(split.answer)
+                on_piece(split)
                 rerun = text + "".join(generated) + inject
                 text = rerun
                 self._stop(thread)
@@ -341,9 +344,12 @@ class RkllmBackend(Backend):
             result.prompt_tokens = cached + self.estimate(send)
         tail = decoder.decode(b"", final=True)
         if tail:
-            on_piece(tail)
-            answer.append(splitter.feed(tail).answer)
-        answer.append(splitter.flush().answer)
+            split = splitter.feed(tail)
+            on_piece(split)
+            answer.append(split.answer)
+        split = splitter.flush()
+        on_piece(split)
+        answer.append(split.answer)
         if finished:  # a run that ended by itself: the cache holds exactly what was sent and generated
             self._history_key = base + neutralize("".join(answer).strip())
         return result

@@ -1,0 +1,119 @@
+"""Sessions and the KV cache on real llama.cpp (the script model): a sequence per session, the
+context shift of long conversations, and follow-ups that never re-read the previous answer.
+
+"Evaluated" below is ``prompt_tokens - cached_tokens``: the prompt tokens llama.cpp actually had
+to read for that answer.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import pytest
+
+from edgebot.engine.backends.llama import LlamaBackend
+from edgebot.engine.jobs import EngineSettings, Job, JobDelta, JobEnded
+from edgebot.engine.scheduler import Engine
+from edgebot.testing.script_model import DEFAULT_SCRIPT
+
+ANSWER = DEFAULT_SCRIPT.answer_text
+
+
+class Running:
+    """An engine on the script model, with helpers that wait on events (never on time)."""
+
+    def __init__(self, model: Path, n_ctx: int = 1024, **settings: Any) -> None:
+        states: queue.Queue = queue.Queue()
+        self.backend = LlamaBackend(str(model), n_ctx=n_ctx, sequences=4)
+        self.engine = Engine(self.backend, EngineSettings(**settings), on_state=lambda s, m: states.put(s))
+        self.engine.start()
+        assert states.get(timeout=30) == "loading" and states.get(timeout=30) == "ready"
+
+    def ask(self, id_: str, text: str, session: Optional[str] = None,
+            then: Optional[Callable[[], None]] = None) -> tuple[str, JobEnded]:
+        """Ask and wait for the end; ``then`` runs on the engine thread as the answer ends."""
+        events: queue.Queue = queue.Queue()
+
+        def sink(ev: Any) -> None:
+            if isinstance(ev, JobEnded) and then is not None:
+                then()
+            events.put(ev)
+
+        self.engine.submit(Job(id=id_, text=text, source="cli", session=session, sink=sink))
+        text_out = []
+        while True:
+            ev = events.get(timeout=60)
+            if isinstance(ev, JobDelta) and not ev.think:
+                text_out.append(ev.text)
+            if isinstance(ev, JobEnded):
+                return "".join(text_out), ev
+
+    def close(self) -> None:
+        self.engine.shutdown()
+
+
+def evaluated(end: JobEnded) -> int:
+    return end.stats["prompt_tokens"] - end.stats["cached_tokens"]
+
+
+@pytest.fixture
+def running(script_model: Path) -> Iterator[Running]:
+    r = Running(script_model)
+    yield r
+    r.close()
+
+
+def test_two_sessions_taking_turns_read_only_their_new_questions(running: Running) -> None:
+    first = {}
+    history: dict[str, list[int]] = {"A": [], "B": []}
+    for turn in range(5):
+        for name in ("A", "B"):
+            text, end = running.ask(f"{name}{turn}", f"Question {turn} from {name}?", session=f"cli:{name}")
+            assert text == ANSWER and end.reason == "stop"
+            first.setdefault(name, end.stats["prompt_tokens"])
+            history[name].append(evaluated(end))
+    for name in ("A", "B"):
+        # the first turn reads its whole prompt; every later one only "<eos><｜User｜>question<｜Assistant｜><think>\n"
+        # (the end-of-turn token of the previous answer, unless the idle re-base has read it already), however
+        # long the history is and although the other session ran in between
+        assert history[name][0] == first[name]
+        assert all(first[name] - 1 <= n <= first[name] for n in history[name][1:]), history
+    kv = running.backend.kv_status()
+    assert {s["session"] for s in kv["sequences"]} == {"cli:A", "cli:B"} and kv["evictions"] == 0
+
+
+def test_a_follow_up_before_the_rebase_does_not_read_the_previous_answer(running: Running) -> None:
+    got: queue.Queue = queue.Queue()
+    # the follow-up is submitted from the first answer's end, on the engine thread: it is queued before
+    # the engine could re-base the session while idle
+    follow = threading.Thread(target=lambda: got.put(running.ask("f2", "Question 2 again?", session="cli:f")))
+    text, end1 = running.ask("f1", "Question 1 again?", session="cli:f", then=follow.start)
+    follow.join(60)
+    text2, end2 = got.get(timeout=60)
+    assert text == text2 == ANSWER
+    # the answer (5 tokens here, the thinking shifted out of the cache) is not read again: only the
+    # end-of-turn token and the new question are
+    assert evaluated(end2) == end1.stats["prompt_tokens"]
+    # reused: the first prompt without its "<think>\n" (shifted out with the thinking), then the answer
+    assert end2.stats["cached_tokens"] == end1.stats["prompt_tokens"] - 2 + len(DEFAULT_SCRIPT.answer)
+
+
+def test_a_long_session_shifts_old_turns_out_and_keeps_answering(script_model: Path) -> None:
+    r = Running(script_model, n_ctx=256, answer_reserve=48)
+    try:
+        counts = []
+        for turn in range(40):
+            text, end = r.ask(f"L{turn}", f"Tell me about the number {turn % 10} please.", session="cli:long")
+            assert text == ANSWER and end.reason == "stop", end
+            counts.append(evaluated(end))
+            assert end.stats["prompt_tokens"] + 48 <= 256
+        session = r.engine.status()["sessions"][0]
+        assert session["trimmed_turns"] > 20  # old turns went ...
+        # ... out of the KV cache by shifting: no turn re-read its history, each read about its question
+        assert max(counts[1:]) <= counts[0], counts
+        assert r.backend.kv_status()["shifted_tokens"] > 0
+    finally:
+        r.close()
