@@ -367,8 +367,8 @@ this CPU ($ARCH)? its name says which"
 error names the flag or package missing (build-essential, cmake); out of memory on a small board: add swap"
         run_write "$stamp" "$want"
     fi
-    extras=serial
-    [ "$VOICE" = 0 ] || extras=serial,voice
+    extras=serial,mqtt,wyoming
+    [ "$VOICE" = 0 ] || extras=serial,mqtt,wyoming,voice
     [ "$HTTP" = 0 ] || extras=$extras,http
     src_hash=$(cd "$REPO" && find edgebot pyproject.toml -type f \( -name '*.py' -o -name pyproject.toml \) \
         | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
@@ -472,7 +472,7 @@ units_and_rules() {
     local unit dir=$ROOT/etc/systemd/system mem cpus
     FILES_CHANGED=0
     for unit in edgebot.socket edgebot.service edgebot-serial@.service edgebot-speech-in.service \
-                edgebot-speech-out.service; do
+                edgebot-speech-out.service edgebot-mqtt.service edgebot-wyoming.service; do
         install_file "$REPO/systemd/$unit" "$dir/$unit" 0644
     done
     mem=$(toml_get "$PROFILE" service memory_max)

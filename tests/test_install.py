@@ -64,7 +64,7 @@ def test_dry_run_plan_for_every_board(tmp_path: Path, board: str) -> None:
         shown = f"    | {directive}={svc[key]}"
         assert (shown in out) == bool(svc[key]), directive
     for unit in ("edgebot.socket", "edgebot.service", "edgebot-serial@.service", "edgebot-speech-in.service",
-                 "edgebot-speech-out.service"):
+                 "edgebot-speech-out.service", "edgebot-mqtt.service", "edgebot-wyoming.service"):
         assert f"/etc/systemd/system/{unit}" in out
     assert "/etc/udev/rules.d/70-edgebot-serial.rules" in out
     assert f'    | board = "{board}"' in out  # the generated /etc/edgebot/edgebot.toml
@@ -205,7 +205,7 @@ def test_http_plans_the_extra_the_config_and_the_network_dropin(tmp_path: Path) 
     env = {**fake_system(tmp_path), "EDGEBOT_ARCH": "aarch64"}
     r = install("rpi5", "--dry-run", "--http", env=env)
     assert r.returncode == 0 and r.stderr == "", r.stderr
-    assert "[serial,voice,http]" in r.stdout
+    assert "[serial,mqtt,wyoming,voice,http]" in r.stdout
     assert "    | [http]\n" in r.stdout and "    | enabled = true\n" in r.stdout
     assert "would write /etc/systemd/system/edgebot.service.d/network.conf:" in r.stdout
     assert "    | PrivateNetwork=no\n    | RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6\n" \

@@ -11,7 +11,7 @@ import copy
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from edgebot.config.errors import ConfigError
 from edgebot.config.schema import Config
@@ -51,16 +51,18 @@ class Action:
                 "phrases": sorted(self.phrases)}
 
 
-def answer_schema(actions: list[Action]) -> dict[str, Any]:
+def answer_schema(actions: Sequence[Any], plain: bool = True) -> dict[str, Any]:
     """The JSON Schema every model answer must match when ``actions`` are offered (the contract is
     described in ``edgebot.actions.tools``; it lives here so that the registry can hold it to the
-    schema bounds when it is built)."""
+    schema bounds when it is built). ``actions``: declared actions or HTTP tools (anything with
+    ``name`` and ``schema``); without ``plain`` the answer must be a call."""
     calls = [{"type": "object",
               "properties": {"action": {"const": a.name}, "args": a.schema},
               "required": ["action", "args"], "additionalProperties": False} for a in actions]
-    plain = {"type": "object", "properties": {"answer": {"type": "string"}},
-             "required": ["answer"], "additionalProperties": False}
-    return {"anyOf": [*calls, plain]}
+    answer = {"type": "object", "properties": {"answer": {"type": "string"}},
+              "required": ["answer"], "additionalProperties": False}
+    shapes = [*calls, answer] if plain else calls
+    return {"anyOf": shapes} if len(shapes) > 1 else shapes[0]
 
 
 class CallError(Exception):

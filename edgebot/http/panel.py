@@ -1,9 +1,8 @@
 """The classroom panel (``[http] ui``): the chat page at ``/``, its static files, and the small
 API under ``/panel/api/`` it talks to (docs/panel.md).
 
-A thin front door: a question becomes one ask of the shared pipeline (``edgebot/asks.py``), source
-``http:panel``, in the conversation's session ``panel:<id>`` (so follow-ups reuse the KV cache),
-streamed back as server-sent events;
+A thin front door: a question becomes one engine job of source ``http:panel`` in the conversation's
+session ``panel:<id>`` (so follow-ups reuse the KV cache), streamed back as server-sent events;
 conversations are kept by ``conversations.ConversationStore``; the robot's voice state comes
 from the bus through the ``BusTap`` the daemon hands over (this package never imports the bus).
 """
@@ -23,9 +22,9 @@ from typing import Any, Callable, Optional, Protocol
 
 from aiohttp import web
 
-from edgebot.asks import AskSpec, Asks, AskStream
+from edgebot.asks import Asks, AskSpec, AskStream
 from edgebot.config import Config
-from edgebot.engine.jobs import EngineBusy, EngineNotReady, JobDelta, JobEnded, JobStarted
+from edgebot.engine.jobs import EngineBusy, EngineNotReady, Job, JobDelta, JobEnded, JobStarted
 from edgebot.engine.scheduler import Engine
 from edgebot.http.chat import ApiError, bad
 from edgebot.http.conversations import Conversation, ConversationStore, Exchange, default_dir
@@ -112,7 +111,7 @@ class Panel:
         self.max_chars = http["max_prompt_chars"]
         self.static = StaticFiles(STATIC)
         self.voice = VoiceState(config.get("speech_in", "listen_window_s"))
-        self.running: dict[str, AskStream] = {}  # ask id -> its stream, while it runs
+        self.running: dict[str, Job] = {}  # ask id -> its job, while it runs
         self._unwatch = tap.watch(WATCHED, self.voice.on_message) if tap is not None else None
 
     def register(self, app: web.Application) -> None:
@@ -202,7 +201,7 @@ class Panel:
         return text
 
     def _spec(self, conv: Conversation, text: str) -> AskSpec:
-        """What the panel wants answered (think budget, priority, token cap: the pipeline's, for ``http``)."""
+        """What the panel asks: the shared ask pipeline (``edgebot.asks``) makes the job."""
         turns = conv.turns()
         live = {s["name"]: s["turns"] + s.get("trimmed_turns", 0) for s in self.engine.status()["sessions"]}
         # The engine keeps the session's turns (trimming the oldest to fit the context) while it is
@@ -221,29 +220,32 @@ class Panel:
                            "rate_limit_exceeded")
         except EngineNotReady as exc:
             raise ApiError(503, f"not ready: {exc}", "server_error", "model_not_ready")
-        aid = stream.job.id
-        self.running[aid] = stream
+        job = stream.job
+        self.running[job.id] = job
         exchange = Exchange(question=text)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
+        ended = False
         try:
             await resp.prepare(request)
-            await resp.write(_sse({"type": "queued", "id": aid, "conversation": conv.id}))
-            await self._relay(resp, stream, exchange)
+            await resp.write(_sse({"type": "queued", "id": job.id, "conversation": conv.id}))
+            ended = await self._relay(resp, stream, exchange)
         finally:
-            self.running.pop(aid, None)
-            if stream.ended is None:  # the page went away (or a write failed): free the engine
+            self.running.pop(job.id, None)
+            if not ended:  # the page went away (or a write failed): free the engine
                 stream.close("the panel page left")
+                log.info("panel page left; cancelled %s", job.id)
         if self.store.get(conv.id) is conv:  # not deleted meanwhile
             self.store.add(conv, exchange)
         await resp.write_eof()
         return resp
 
-    async def _relay(self, resp: web.StreamResponse, stream: AskStream, exchange: Exchange) -> None:
-        """Write the ask's events as they come (merging whatever is waiting) until its end."""
+    async def _relay(self, resp: web.StreamResponse, stream: AskStream, exchange: Exchange) -> bool:
+        """Write the ask's events as they come (merging whatever is waiting); True once it ended."""
         think_started: Optional[float] = None
         thinking: list[str] = []
         answer: list[str] = []
+        job_id = stream.job.id
         while True:
             batch = [await stream.next()]
             while stream.pending():
@@ -251,7 +253,7 @@ class Panel:
             out = bytearray()
             for ev in batch:
                 if isinstance(ev, JobStarted):
-                    out += _sse({"type": "start", "id": ev.id})
+                    out += _sse({"type": "start", "id": job_id})
                 elif isinstance(ev, JobDelta) and ev.think:
                     think_started = think_started or time.monotonic()
                     thinking.append(ev.text)
@@ -270,7 +272,7 @@ class Panel:
                     out += _sse({"type": "end", "reason": exchange.reason, "message": ev.message, "code": ev.code,
                                  "stats": ev.stats, "think_s": exchange.think_s})
                     await resp.write(bytes(out))
-                    return
+                    return True
             await resp.write(bytes(out))
 
     async def cancel(self, request: web.Request) -> web.Response:

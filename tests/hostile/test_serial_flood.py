@@ -54,15 +54,17 @@ def test_1500_say_lines_during_an_answer_keep_the_bridge_on_the_bus(tmp_path: Pa
         acked = {int(ln.split()[2]) for ln in replies if ln.startswith(b"A 1 ")}
         for seq in sorted(acked):
             board.send(f"K 1 {seq}")
-        board.expect("A 1 ", 15)  # the answer is still streaming: the bridge is still on the bus
+        board.expect("A 1 ", 30)  # the answer is still streaming: the bridge is still on the bus
         board.send("X 1")
         assert board.expect("E 1", 15) == "E 1 cancelled"
         logged = log_lines(rig, mark)
         print(f"1,500 S lines during an answer: {len(errs)} ERR replies, {len(logged)} log lines, answer went on")
         assert len(logged) <= 50, f"{len(logged)} log lines for one burst:\n" + "\n".join(logged[:20])
     finally:
-        rig.close()
-        d.stop()
+        try:
+            rig.close()
+        finally:
+            d.stop()  # even when the bridge did not exit cleanly
 
 
 @pytest.mark.parametrize("line, count", [(b"P 7*%02X\n", 20000), (b"HELLO 0 flood-1.0*%02X\n", 2000)])
@@ -88,8 +90,10 @@ def test_ping_and_hello_floods_are_bounded(tmp_path: Path, script_model: Path, l
         board.hello()
         assert board.ask(2, "What is 2+2?") == ("The answer is 4.", "stop")  # still serving
     finally:
-        rig.close()
-        d.stop()
+        try:
+            rig.close()
+        finally:
+            d.stop()  # even when the bridge did not exit cleanly
 
 
 def test_t_arguments_keep_the_spaces_of_string_values_as_documented() -> None:
@@ -143,5 +147,7 @@ def test_another_client_cannot_take_the_id_of_the_boards_next_question(tmp_path:
         assert board.expect("E 2", 15) == "E 2 cancelled"
     finally:
         squatter.close()
-        rig.close()
-        d.stop()
+        try:
+            rig.close()
+        finally:
+            d.stop()
