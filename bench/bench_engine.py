@@ -14,6 +14,9 @@ stand-in on the real tokenizer (bench/shape_model.py) unless --model says otherw
     $B askers --target llama-server ; $B session --target llama-server   # the same against llama-server
                                # (bench/build_llama_server.sh builds it; --parallel 4, context shift on)
 
+OMP_WAIT_POLICY is PASSIVE for every side unless --omp-wait says otherwise: on a machine whose cores
+are shared with other work, llama.cpp's OpenMP threads spinning at barriers made 2-thread decode up
+to 18x slower than 1 thread (docs/benchmarks.md).
 --daemon-config adds TOML to edgebotd's bench config (e.g. '[engine]\\nparallel = 4'); the bench sets
 [llm] n_ctx, n_threads, n_batch and seed itself.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import re
 import statistics
 import subprocess
@@ -47,6 +51,22 @@ def question(n: int) -> str:
     """A question of ~35 real tokens, different for every n (so no asker reuses another's cache)."""
     return (f"Question {n}: a classroom robot is asked to explain, in two short sentences, "
             f"{TOPICS[n % len(TOPICS)]}. What should it say?")
+
+
+def script_model() -> Path:
+    """The looping scripted model on the real tokenizer: real token counts at almost no cost per token."""
+    from dataclasses import replace
+
+    from shape_model import CACHE
+
+    from edgebot.testing.qwen2_vocab import find_vocab
+    from edgebot.testing.script_model import REAL_VOCAB_SCRIPT, write_script_model
+
+    out = CACHE / "real-vocab-script-loop.gguf"
+    if not out.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        write_script_model(out, replace(REAL_VOCAB_SCRIPT, loop=True), vocab=find_vocab())
+    return out
 
 
 def daemon_config(args: argparse.Namespace, n_ctx: int) -> str:
@@ -90,7 +110,7 @@ def cmd_raw(args: argparse.Namespace) -> None:
             print(f"run {r}: {n} sequence(s) per llama_decode: {rate:.2f} tokens/s", flush=True)
     kv = rm.seq_state_bytes(0) / (len(prompts[0]) + args.tokens)
     rm.close()
-    print(f"\n| sequences per llama_decode | aggregate decode, tokens/s | vs 1 sequence |\n|---|---|---|")
+    print("\n| sequences per llama_decode | aggregate decode, tokens/s | vs 1 sequence |\n|---|---|---|")
     for n, xs in rates.items():
         print(f"| {n} | {med(xs):.2f} | {med(xs) / med(rates[1]):.2f}x |")
     print(f"\nKV state of one sequence: {kv / 1024:.1f} KiB per token ({kv * 2048 / 2**20:.0f} MiB for 2048 tokens)")
@@ -273,17 +293,19 @@ def cmd_memory(args: argparse.Namespace) -> None:
         before, after, sess = asyncio.run(_memory(d.sock, 8, 2))
     finally:
         d.stop()
-    print(f"\nedgebotd RSS: {before:.0f} MiB after loading, {after:.0f} MiB with {len(sess)} live sessions "
-          f"({after - before:+.0f} MiB); sessions: {sess}")
+    print(f"\nedgebotd RSS: {before:.0f} MiB after loading, {after:.0f} MiB with {len(sess)} live sessions of "
+          f"{', '.join(str(s['turns']) for s in sess)} turns ({after - before:+.0f} MiB)")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["raw", "askers", "single", "voice", "session", "memory"])
-    ap.add_argument("--model", help="GGUF (default: the same-shape stand-in on the real tokenizer, made once)")
+    ap.add_argument("--model", help="GGUF (default: the same-shape stand-in on the real tokenizer, made once; "
+                                    "'script': the looping scripted model on the real tokenizer)")
     ap.add_argument("--target", choices=["edgebotd", "llama-server"], default="edgebotd")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--tokens", type=int, default=48, help="tokens generated per answer (session: max per turn)")
+    ap.add_argument("--tokens", type=int, default=None,
+                    help="tokens generated per answer (default 48; session: per turn, default 96, think budget included)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=512, help="n_batch / n_ubatch (generic-x86's 512)")
     ap.add_argument("--raw-first", action="store_true", help="askers: load the raw baseline before the target")
@@ -291,10 +313,20 @@ def main() -> int:
     ap.add_argument("--turns", type=int, default=30)
     ap.add_argument("--n-ctx", type=int, default=2048, help="session: context per session (tokens)")
     ap.add_argument("--think", type=int, default=16, help="session: think budget per turn (tokens)")
+    ap.add_argument("--omp-wait", choices=["passive", "active", "default"], default="passive",
+                    help="OMP_WAIT_POLICY for every side (raw, edgebotd, llama-server); see docs/benchmarks.md")
     ap.add_argument("--daemon-config", default="", help="extra TOML for edgebotd, e.g. '[engine]\\nparallel = 4'")
     ap.add_argument("--server-args", default="", help="extra llama-server arguments, e.g. '--cache-reuse 256'")
     args = ap.parse_args()
-    if not args.model:
+    if args.omp_wait != "default":  # before llama.cpp (and its OpenMP runtime) is loaded; children inherit it
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait.upper()
+    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, load average "
+          f"{os.getloadavg()[0]:.1f} at the start", flush=True)
+    if args.tokens is None:
+        args.tokens = 96 if args.what == "session" else 48
+    if args.model == "script":
+        args.model = str(script_model())
+    elif not args.model:
         from shape_model import ensure_shape_model
 
         args.model = str(ensure_shape_model())

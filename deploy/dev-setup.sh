@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-EXTRAS=${EDGEBOT_EXTRAS:-dev,serial,http,voice}  # serial: pyserial for edgebot-serial and its pty tests; http: aiohttp
+EXTRAS=${EDGEBOT_EXTRAS:-dev,serial,http,mqtt,wyoming,voice}  # serial: pyserial for edgebot-serial and its pty tests; http: aiohttp
 # voice: sounddevice, vosk, Silero VAD and piper (GPL-3.0, dev/test only here). TEST_MODELS: the two small
 # models from PyPI that the voice tests and bench/bench_voice.py use (Korean vosk model ~250 MB, an en_US
 # piper voice): test data, not a user extra. Without them the voice tests skip (under CI they fail).

@@ -35,7 +35,7 @@ MEMINFO=${EDGEBOT_MEMINFO:-/proc/meminfo}
 ARCH=${EDGEBOT_ARCH:-$(uname -m)}
 RKNPU_FILES=${EDGEBOT_RKNPU_FILES:-/sys/kernel/debug/rknpu/version /sys/module/rknpu/version}
 
-DRY_RUN=0 VOICE=1 MODELS=1 REBUILD=0 ROOT="" LANGUAGE=en BOARD="" NPU=0 NPU_RUNTIME="" WHEEL="" HTTP=0
+DRY_RUN=0 VOICE=1 MODELS=1 REBUILD=0 ROOT="" LANGUAGE=en BOARD="" NPU=0 NPU_RUNTIME="" WHEEL="" HTTP=0 PANEL=0
 # the console scripts linked into /usr/local/bin, so `edgebot-cli doctor` works from any shell
 COMMANDS=(edgebot-cli edgebotd edgebot-serial edgebot-speech-in edgebot-speech-out)
 CHANGED=0
@@ -43,7 +43,7 @@ CHANGED=0
 usage() {
     cat <<EOF
 usage: deploy/install.sh BOARD [--dry-run] [--no-voice] [--no-models] [--lang en|zh] [--rebuild] [--root DIR]
-                         [--wheel FILE] [--http] [--npu [--npu-runtime FILE]]
+                         [--wheel FILE] [--http] [--npu [--npu-runtime FILE]] [--panel]
   BOARD        one of: $(boards | tr '\n' ' ')
   --dry-run    print every step without doing it
   --no-voice   skip the speech bridges (no microphone/speaker)
@@ -55,6 +55,7 @@ usage: deploy/install.sh BOARD [--dry-run] [--no-voice] [--no-models] [--lang en
   --wheel FILE install this prebuilt llama-cpp-python $LLAMA_VERSION wheel instead of compiling it (build it
                once per board kind: pip wheel --no-binary llama-cpp-python with the profile's CMAKE_ARGS)
   --http       serve the HTTP API: the aiohttp extra, [http] enabled in a new config, and the network drop-in
+  --panel      the classroom panel on the board's display: Chromium in kiosk mode (deploy/panel.sh; implies --http)
   --npu        rk3588 only: run the model on the NPU (profile rk3588-npu): checks the NPU driver
                (>= $MIN_NPU_DRIVER) and installs RKLLM runtime $RKLLM_VERSION in /usr/local/lib
   --npu-runtime FILE  install this librkllmrt.so instead of downloading it (it must be the same $RKLLM_VERSION build)
@@ -129,6 +130,7 @@ parse_args() {
             --lang) shift; LANGUAGE=${1:-} ;;
             --root) shift; ROOT=${1:-}; [ -n "$ROOT" ] || { usage >&2; exit 2; } ;;
             --npu) NPU=1 ;;
+            --panel) PANEL=1 HTTP=1 ;;
             --npu-runtime) shift; NPU_RUNTIME=${1:-}; [ -n "$NPU_RUNTIME" ] || { usage >&2; exit 2; } ;;
             --wheel) shift; WHEEL=${1:-}; [ -n "$WHEEL" ] || { usage >&2; exit 2; } ;;
             --http) HTTP=1 ;;
@@ -365,8 +367,8 @@ this CPU ($ARCH)? its name says which"
 error names the flag or package missing (build-essential, cmake); out of memory on a small board: add swap"
         run_write "$stamp" "$want"
     fi
-    extras=serial
-    [ "$VOICE" = 0 ] || extras=serial,voice
+    extras=serial,mqtt,wyoming
+    [ "$VOICE" = 0 ] || extras=serial,mqtt,wyoming,voice
     [ "$HTTP" = 0 ] || extras=$extras,http
     src_hash=$(cd "$REPO" && find edgebot pyproject.toml -type f \( -name '*.py' -o -name pyproject.toml \) \
         | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
@@ -470,7 +472,7 @@ units_and_rules() {
     local unit dir=$ROOT/etc/systemd/system mem cpus
     FILES_CHANGED=0
     for unit in edgebot.socket edgebot.service edgebot-serial@.service edgebot-speech-in.service \
-                edgebot-speech-out.service; do
+                edgebot-speech-out.service edgebot-mqtt.service edgebot-wyoming.service; do
         install_file "$REPO/systemd/$unit" "$dir/$unit" 0644
     done
     mem=$(toml_get "$PROFILE" service memory_max)
@@ -527,7 +529,8 @@ network_dropin() {
         fi
     )  # not a pipe: write_file must run in this shell to record the change
     note "network for edgebotd: $need only (IPAddressDeny=any stays for everything else)"
-    if [ "$HTTP" = 1 ] && [ "$(toml_get "$ROOT/etc/edgebot/edgebot.toml" http enabled)" != true ]; then
+    if [ "$HTTP" = 1 ] && [ -f "$ROOT/etc/edgebot/edgebot.toml" ] \
+        && [ "$(toml_get "$ROOT/etc/edgebot/edgebot.toml" http enabled)" != true ]; then
         note "--http: $ROOT/etc/edgebot/edgebot.toml was kept as it is; add [http] enabled = true there to serve it"
     fi
 }
@@ -616,6 +619,7 @@ main() {
     units_and_rules
     models
     enable_units
+    if [ "$PANEL" = 1 ]; then "$REPO/deploy/panel.sh" --lang "$LANGUAGE" ${ROOT:+--root "$ROOT"} --dry-run="$DRY_RUN"; fi
     if [ "$CHANGED" = 0 ]; then
         echo "install.sh: nothing to do: edgebot for $BOARD is already installed as asked (no changes)"
     elif [ "$DRY_RUN" = 1 ]; then

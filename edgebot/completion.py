@@ -67,12 +67,12 @@ def _walk(parser: argparse.ArgumentParser, path: str, table: dict[str, list[str]
 
 def bash_script() -> str:
     """The completion script for bash."""
-    from edgebot import __version__, cli
+    from edgebot import __version__, cli_args
 
     table: dict[str, list[str]] = {}
     takes_value: dict[str, str] = {}
-    _walk(cli.build_parser(), "", table, takes_value)
-    for name, module in cli.LOCAL_COMMANDS.items():  # their own parsers, replacing the placeholders
+    _walk(cli_args.build_parser(), "", table, takes_value)
+    for name, module in cli_args.LOCAL_COMMANDS.items():  # their own parsers, replacing the placeholders
         build = getattr(importlib.import_module(module), "build_parser", None)
         if build is not None:
             _walk(build(), name, table, takes_value)

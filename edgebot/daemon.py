@@ -16,6 +16,7 @@ from edgebot import systemd
 from edgebot.bus import codec
 from edgebot.bus import messages as m
 from edgebot.bus.hub import Hub, Limits
+from edgebot.bus.tap import BusTap
 from edgebot.config import Config, ConfigError, load_config
 from edgebot.dispatch import Dispatcher
 from edgebot.engine.backend import Backend, SamplingParams
@@ -120,7 +121,7 @@ async def serve(config: Config) -> int:
         return EX_CONFIG
     http_api = None
     if config.get("http", "enabled"):  # aiohttp is imported only then (the `http` extra)
-        http_api = await _start_http(config, engine, dispatcher.asks)
+        http_api = await _start_http(config, engine, dispatcher.asks, BusTap(hub))
         if http_api is None:
             await hub.close()
             return EX_CONFIG
@@ -139,7 +140,8 @@ async def serve(config: Config) -> int:
         watchdog = asyncio.create_task(_watchdog(interval, engine))
     code = 0
     waiter = asyncio.ensure_future(stop.wait())
-    done, _ = await asyncio.wait({loaded, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    both: set[asyncio.Future[Any]] = {loaded, waiter}
+    done, _ = await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
     if loaded in done:
         state, message = loaded.result()
         if state == "failed":
@@ -163,7 +165,7 @@ async def serve(config: Config) -> int:
     return code
 
 
-async def _start_http(config: Config, engine: Engine, asks: Any) -> Optional[Any]:
+async def _start_http(config: Config, engine: Engine, asks: Any, tap: BusTap) -> Optional[Any]:
     """Start the HTTP API (``[http] enabled``); None after logging why it cannot run."""
     try:
         from edgebot.http.server import HttpApi, config_problem
@@ -174,7 +176,7 @@ async def _start_http(config: Config, engine: Engine, asks: Any) -> Optional[Any
     if problem:
         log.error("configuration error: %s", problem)
         return None
-    api = HttpApi(config, engine, asks)
+    api = HttpApi(config, engine, asks, tap)
     try:
         await api.start()
     except OSError as exc:

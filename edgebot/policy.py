@@ -1,13 +1,13 @@
 """Who may send what on the bus, and how much client text edgebotd keeps (docs/bus-protocol.md,
 "Who may send what"). Small checks the dispatcher calls; they decide, the dispatcher answers.
 
-- Roles come from ``hello {role}``. The bridges' roles (``speech-out``, ``speech-in``, ``serial``)
+- Roles come from ``hello {role}``. The bridges' roles (``speech-out``, ``speech-in``, ``serial``, ``mqtt``)
   are accepted only from root or edgebotd's own user (the units run every bridge as ``edgebot``),
   so another allowed user cannot pose as a bridge.
 - ``speaking`` only from a ``speech-out`` connection; each ``start`` ends by its ``stop``, by that
   connection leaving, or after ``[bus] speaking_max_s`` (:class:`SpeakingState`).
-- ``action-result`` only from a ``serial`` connection that was sent the ``action-run``
-  (``edgebot.actions.desk``).
+- ``action-result`` only from an action runner (``serial`` or ``mqtt``) that was sent the
+  ``action-run`` (``edgebot.actions.desk``).
 - What a client sends is never echoed unbounded into ``status-report``: session names are at most
   ``sessions.MAX_NAME_BYTES``, a ``voice-latency`` report is cut to its bounded fields.
 """
@@ -25,7 +25,10 @@ from edgebot.engine.sessions import MAX_NAME_BYTES
 
 SPEECH_OUT = "speech-out"
 SERIAL = "serial"
-BRIDGE_ROLES = frozenset({SPEECH_OUT, "speech-in", SERIAL})
+MQTT = "mqtt"
+ACTION_RUNNERS = frozenset({SERIAL, MQTT})
+"""Roles that are sent ``action-run`` and may answer ``action-result``: edgebot-serial, edgebot-mqtt."""
+BRIDGE_ROLES = frozenset({SPEECH_OUT, "speech-in", SERIAL, MQTT})
 MAX_ID_CHARS = 128
 MAX_TEXT_CHARS = 256
 """Most characters of client text kept for ``status-report`` (a ``voice-latency`` transcript)."""
@@ -43,8 +46,9 @@ def sender_refusal(conn: Connection, msg: m.Message) -> Optional[str]:
     """Why ``conn`` may not send ``msg`` (None: it may)."""
     if isinstance(msg, m.Speaking) and conn.role != SPEECH_OUT:
         return "'speaking' is sent only by edgebot-speech-out (hello role \"speech-out\")"
-    if isinstance(msg, m.ActionResult) and conn.role != SERIAL:
-        return "'action-result' is sent only by edgebot-serial (hello role \"serial\") for an action-run it was sent"
+    if isinstance(msg, m.ActionResult) and conn.role not in ACTION_RUNNERS:
+        return ("'action-result' is sent only by edgebot-serial or edgebot-mqtt (hello role \"serial\" or \"mqtt\") "
+                "for an action-run it was sent")
     return None
 
 

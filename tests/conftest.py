@@ -33,6 +33,8 @@ def apt_line() -> str:
 
 
 APT_LINE = apt_line()
+NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: systemd-tmpfiles --root gives the scratch root's "
+                                                          "directories to the edgebot user (chown)")
 
 
 @pytest.fixture(scope="session")

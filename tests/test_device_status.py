@@ -20,7 +20,7 @@ def speech_out_parts() -> str:
         try:
             importlib.import_module(module)
         except (ImportError, OSError):
-            return f"the Python module {module} (pip install -e '.[voice,tts,voice-models]')"
+            return f"the Python module {module} (deploy/dev-setup.sh installs it: the voice extra and its TEST_MODELS)"
     return ""
 
 

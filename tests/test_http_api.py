@@ -149,7 +149,8 @@ def test_stop_max_tokens_and_seed(client: openai.OpenAI) -> None:
     ({"messages": QUESTION, "n": 2}, "n"),
     ({"messages": QUESTION, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"messages": QUESTION, "response_format": {"type": "yaml"}}, "response_format"),
-    ({"messages": QUESTION, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"messages": QUESTION, "tools": [{"type": "function", "function": {"name": "no spaces"}}]}, "tools"),
+    ({"messages": QUESTION, "functions": [{"name": "f"}]}, "functions"),
 ])
 def test_bad_requests_are_400_naming_the_parameter(client: openai.OpenAI, kwargs: dict[str, Any], param: str) -> None:
     with pytest.raises(openai.BadRequestError) as err:

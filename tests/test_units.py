@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from edgebot.config.loader import tomllib  # tomli on Python 3.10
-from conftest import APT_LINE
+from conftest import APT_LINE, NEEDS_ROOT
 
 REPO = Path(__file__).resolve().parents[1]
 UNITS = REPO / "systemd"
@@ -54,7 +54,8 @@ def verify(*paths: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("unit", ["edgebot.socket", "edgebot.service", "edgebot-speech-in.service",
-                                  "edgebot-speech-out.service", "edgebot-serial@ttyUSB0.service",
+                                  "edgebot-speech-out.service", "edgebot-mqtt.service", "edgebot-wyoming.service",
+                                  "edgebot-serial@ttyUSB0.service",
                                   r"edgebot-serial@serial-by\x2did-usb\x2d1a86_USB_Serial-if00-port0.service"])
 def test_unit_verifies(tmp_path: Path, unit: str) -> None:
     template = re.sub(r"@.+\.service$", "@.service", unit)
@@ -69,7 +70,8 @@ def test_unit_verifies(tmp_path: Path, unit: str) -> None:
 def test_every_unit_file_is_tested() -> None:
     assert sorted(p.name for p in UNITS.iterdir()) == sorted(
         ["edgebot.socket", "edgebot.service", "edgebot-speech-in.service", "edgebot-speech-out.service",
-         "edgebot-serial@.service"])
+         "edgebot-serial@.service", "edgebot-panel.service",  # the panel's: tests/test_panel_install.py
+         "edgebot-mqtt.service", "edgebot-wyoming.service"])
 
 
 def exposure(tmp: Path, unit: Path) -> tuple[float, str]:
@@ -81,7 +83,7 @@ def exposure(tmp: Path, unit: Path) -> tuple[float, str]:
 
 
 @pytest.mark.parametrize("name", ["edgebot.service", "edgebot-speech-in.service", "edgebot-speech-out.service",
-                                  "edgebot-serial@.service"])
+                                  "edgebot-serial@.service", "edgebot-mqtt.service", "edgebot-wyoming.service"])
 def test_security_exposure(tmp_path: Path, name: str) -> None:
     text = (UNITS / name).read_text()
     unit = tmp_path / name.replace("@.service", "@ttyUSB0.service")
@@ -103,6 +105,7 @@ SERVICES = ["edgebot.service", "edgebot-speech-in.service", "edgebot-speech-out.
 
 
 @pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason=f"systemd-sysusers missing: {APT_LINE}")
+@NEEDS_ROOT
 @pytest.mark.parametrize("config", CONFIGS)
 def test_exposure_in_every_configuration(tmp_path: Path, config: str) -> None:
     """install.sh --root writes the units and its drop-ins (board limits, the network drop-in) for
@@ -202,6 +205,7 @@ def test_daemon_answers_with_memory_deny_write_execute(tmp_path: Path, script_mo
         log.close()
 
 
+@NEEDS_ROOT
 def test_sysusers_and_tmpfiles_apply_to_a_root(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     for tool, conf, extra in (("systemd-sysusers", "sysusers.d", []), ("systemd-tmpfiles", "tmpfiles.d", ["--create"])):

@@ -318,7 +318,7 @@ class ActionDesk:
         self.calls[call_id] = fut
         self.by_ask[ask.id] = fut
         run = m.ActionRun(id=call_id, port=action.port, name=action.name, args=args)
-        runners = {c for c in hub.connections if c.role == policy.SERIAL and c.wants(run.TYPE)} if hub else set()
+        runners = {c for c in hub.connections if c.role in policy.ACTION_RUNNERS and c.wants(run.TYPE)} if hub else set()
         self.runners[call_id] = runners
         try:
             for conn_ in runners:  # only serial bridges are sent a run, and only they may answer it

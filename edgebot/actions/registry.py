@@ -11,7 +11,7 @@ import copy
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from edgebot.config.errors import ConfigError
 from edgebot.config.schema import Config
@@ -49,6 +49,20 @@ class Action:
         return {"name": self.name, "description": self.description, "parameters": self.schema, "port": self.port,
                 "confirm": self.confirm, "rate_limit": self.rate_limit, "rate_window_s": self.rate_window_s,
                 "phrases": sorted(self.phrases)}
+
+
+def answer_schema(actions: Sequence[Any], plain: bool = True) -> dict[str, Any]:
+    """The JSON Schema every model answer must match when ``actions`` are offered (the contract is
+    described in ``edgebot.actions.tools``; it lives here so that the registry can hold it to the
+    schema bounds when it is built). ``actions``: declared actions or HTTP tools (anything with
+    ``name`` and ``schema``); without ``plain`` the answer must be a call."""
+    calls = [{"type": "object",
+              "properties": {"action": {"const": a.name}, "args": a.schema},
+              "required": ["action", "args"], "additionalProperties": False} for a in actions]
+    answer = {"type": "object", "properties": {"answer": {"type": "string"}},
+              "required": ["answer"], "additionalProperties": False}
+    shapes = [*calls, answer] if plain else calls
+    return {"anyOf": shapes} if len(shapes) > 1 else shapes[0]
 
 
 class CallError(Exception):
@@ -150,8 +164,6 @@ class Registry:
                     raise ConfigError(f"[[actions]] {a.name}: parameters are not a valid JSON Schema: "
                                       f"{exc.message}") from None
                 self._validators[a.name] = jsonschema.Draft202012Validator(a.schema)
-            from edgebot.actions.tools import answer_schema  # tools imports this module
-
             try:
                 check_schema(answer_schema(actions))
             except SchemaLimitError as exc:

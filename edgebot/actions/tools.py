@@ -9,25 +9,35 @@ own strict schema) and the answer object; the engine turns it into a llama.cpp g
 so sampling can only produce one of those shapes. The arguments are validated again before
 anything is sent (:meth:`Registry.check_call`): the grammar cannot express every JSON Schema rule
 (e.g. ranges of non-integer numbers), and a remote backend may not honour it at all.
+
+The same contract serves the HTTP API's function calling (``edgebot/http/tools.py``): a request's
+``tools`` are offered and constrained exactly like declared actions, ``plain=False`` when the
+request requires a call.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Optional, Protocol, Sequence, Union
 
-from edgebot.actions.registry import Action
+from edgebot.actions.registry import answer_schema
+
+# answer_schema lives in the registry (which holds it to the schema bounds); re-exported here
+__all__ = ["AnswerStream", "Call", "Offer", "Plain", "answer_schema", "offer_text", "read_answer"]
 
 
-def answer_schema(actions: list[Action]) -> dict[str, Any]:
-    """The JSON Schema every model answer must match when ``actions`` are offered."""
-    calls = [{"type": "object",
-              "properties": {"action": {"const": a.name}, "args": a.schema},
-              "required": ["action", "args"], "additionalProperties": False} for a in actions]
-    plain = {"type": "object", "properties": {"answer": {"type": "string"}},
-             "required": ["answer"], "additionalProperties": False}
-    return {"anyOf": [*calls, plain]}
+class Offer(Protocol):
+    """What can be offered to the model: a declared action or an HTTP request's tool."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def schema(self) -> dict[str, Any]: ...
 
 
 def _describe_params(schema: dict[str, Any]) -> str:
@@ -44,13 +54,17 @@ def _describe_params(schema: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def offer_text(actions: list[Action], question: str) -> str:
+def offer_text(actions: Sequence[Offer], question: str, heading: str = "You control a robot. Its actions:",
+               plain: bool = True) -> str:
     """The user turn that offers the actions (R1 models take no system prompt) around ``question``."""
-    lines = ["You control a robot. Its actions:"]
+    lines = [heading]
     for a in actions:
         lines.append(f"- {a.name}({_describe_params(a.schema)}): {a.description}")
-    lines.append('Reply with JSON only: {"action": NAME, "args": {...}} to run one action, '
-                 'or {"answer": TEXT} to answer without acting.')
+    if plain:
+        lines.append('Reply with JSON only: {"action": NAME, "args": {...}} to run one action, '
+                     'or {"answer": TEXT} to answer without acting.')
+    else:
+        lines.append('Reply with JSON only: {"action": NAME, "args": {...}} to run one action.')
     lines.append("")
     lines.append(question)
     return "\n".join(lines)

@@ -55,10 +55,10 @@ ROUTES: dict[str, tuple[str, str]] = {
     "speaking": ("edgebot-speech-out (role `speech-out` only)", "subscribers of the type (relayed, no reply); "
                  "edgebotd sends the `stop` itself when a start expires or its speaker leaves"),
     "serial-port": ("edgebot-serial", "subscribers of the type (relayed, no reply)"),
-    "action-run": ("edgebotd", "subscribers of the type with role `serial`: the edgebot-serial serving its "
-                   "`port` runs it"),
-    "action-result": ("edgebot-serial (a `serial` connection sent the run)", "edgebotd, which ends the action "
-                      "call of that `id`"),
+    "action-run": ("edgebotd", "subscribers of the type with role `serial` or `mqtt`: the edgebot-serial or "
+                   "edgebot-mqtt serving its `port` runs it"),
+    "action-result": ("edgebot-serial or edgebot-mqtt (a `serial`/`mqtt` connection sent the run)",
+                      "edgebotd, which ends the action call of that `id`"),
     "action": ("edgebotd", "the asker, and subscribers of the type"),
     "subscribe": ("client", "edgebotd, which replies `ack`"),
     "status": ("client", "edgebotd, which replies `status-report`"),
@@ -95,7 +95,7 @@ FIELD_HELP: dict[tuple[str, str], str] = {
     ("hello", "client"): "Name of the client program (`edgebot-cli`, `edgebot-serial` …); names the connection "
                          "in edgebotd's log.",
     ("hello", "version"): "The client's version. Informational, not checked.",
-    ("hello", "role"): "What the client is: `client`, or a bridge's role `speech-out`, `speech-in` or `serial`, "
+    ("hello", "role"): "What the client is: `client`, or a bridge's role `speech-out`, `speech-in`, `serial` or `mqtt`, "
                        "which decides what it may send and is accepted only from root or edgebotd's own user "
                        "(see [who may send what](#who-may-send-what)).",
     ("welcome", "server_version"): "edgebot version of the daemon.",

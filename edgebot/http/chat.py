@@ -11,7 +11,7 @@ from typing import Any, Optional
 from edgebot.engine.prompt import Turn
 from edgebot.engine.schema_limits import SchemaLimitError, check_schema
 
-UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "logprobs", "top_logprobs", "audio")
+UNSUPPORTED = ("functions", "function_call", "logprobs", "top_logprobs", "audio")
 MAX_STOPS = 4
 
 
@@ -47,6 +47,8 @@ class ChatRequest:
     stop: tuple[str, ...] = ()
     json_schema: Optional[str] = None  # JSON text of the schema the answer must match
     prompt_chars: int = 0
+    tools: Optional[Any] = None  # edgebot.http.tools.ToolPlan when this answer may (or must) be a call
+    no_think: bool = False  # answer a tool result directly, without thinking
 
     def overrides(self) -> dict[str, Any]:
         """The SamplingParams fields this request sets."""
@@ -115,13 +117,17 @@ def strip_thinking(text: str) -> str:
     return "".join(out)
 
 
-def _conversation(messages: Any, max_messages: int) -> tuple[list[Turn], str, int]:
-    """OpenAI messages -> (earlier turns, the question, characters in all contents).
+def _conversation(messages: Any, max_messages: int) -> tuple[list[Turn], str, int, bool]:
+    """OpenAI messages -> (earlier turns, the question, characters in all contents, whether the
+    question is a tool's result).
 
     System and developer messages go at the start of the first user turn (R1 models take no
     system prompt); consecutive user messages are joined; thinking in past assistant messages is
-    dropped, as the model's own template does.
+    dropped, as the model's own template does. A past ``tool_calls`` answer is the call as the
+    model wrote it; ``role: tool`` results become the next user turn (edgebot/http/tools.py).
     """
+    from edgebot.http import tools as fc
+
     if not isinstance(messages, list) or not messages:
         raise bad("messages must be a non-empty list", "messages")
     if len(messages) > max_messages:
@@ -131,6 +137,8 @@ def _conversation(messages: Any, max_messages: int) -> tuple[list[Turn], str, in
     turns: list[Turn] = []
     user: list[str] = []
     chars = 0
+    names: dict[str, str] = {}  # call id -> function name, from the last tool_calls
+    after_result = False
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
             raise bad(f"messages[{i}] must be an object", f"messages[{i}]")
@@ -141,15 +149,22 @@ def _conversation(messages: Any, max_messages: int) -> tuple[list[Turn], str, in
             system.append(text)
         elif role == "user":
             user.append(text)
+            after_result = False
         elif role == "assistant":
+            answer = strip_thinking(text).strip()
             if msg.get("tool_calls"):
-                raise bad("tool calls are not supported", f"messages[{i}].tool_calls")
-            turns.append(Turn("\n\n".join(user), strip_thinking(text).strip()))
+                calls, names = fc.past_calls(msg, i)
+                answer = calls if not answer else answer + "\n" + calls
+            turns.append(Turn("\n\n".join(user), answer))
             user = []
         elif role == "tool":
-            raise bad("tool messages are not supported", f"messages[{i}].role")
+            if not names:
+                raise bad(f"messages[{i}]: a tool result must follow an assistant message with tool_calls",
+                          f"messages[{i}].role")
+            user.append(fc.result_text(msg, text, names))
+            after_result = True
         else:
-            raise bad(f"messages[{i}].role must be system, user or assistant", f"messages[{i}].role")
+            raise bad(f"messages[{i}].role must be system, user, assistant or tool", f"messages[{i}].role")
     question = "\n\n".join(user)
     if not question.strip():
         raise bad("the last message must be a non-empty user message", "messages")
@@ -159,7 +174,7 @@ def _conversation(messages: Any, max_messages: int) -> tuple[list[Turn], str, in
             turns[0] = Turn(prefix + "\n\n" + turns[0].user, turns[0].answer)
         elif prefix:
             question = prefix + "\n\n" + question
-    return turns, question, chars
+    return turns, question, chars, after_result
 
 
 def _response_format(value: Any) -> Optional[str]:
@@ -194,7 +209,7 @@ def parse_chat(body: Any, max_prompt_chars: int, n_ctx: int, max_messages: int =
     model = body.get("model", "")
     if not isinstance(model, str):
         raise bad("model must be a string", "model")
-    turns, question, chars = _conversation(body.get("messages"), max_messages)
+    turns, question, chars, after_result = _conversation(body.get("messages"), max_messages)
     if chars > max_prompt_chars:
         raise bad(f"the messages hold {chars} characters; this server accepts at most {max_prompt_chars}",
                   "messages", "context_length_exceeded")
@@ -214,11 +229,24 @@ def parse_chat(body: Any, max_prompt_chars: int, n_ctx: int, max_messages: int =
     max_tokens = _integer(body, "max_completion_tokens", 1, n_ctx)
     if max_tokens is None:
         max_tokens = _integer(body, "max_tokens", 1, n_ctx)
+    json_schema = _response_format(body.get("response_format"))
+    from edgebot.http.tools import parse_tools
+
+    plan = parse_tools(body.get("tools"), body.get("tool_choice"))
+    no_think = False
+    if plan is not None and plan.applies(after_result):
+        if json_schema is not None:
+            raise bad("response_format and tools cannot be combined: the answer is either a call or JSON",
+                      "response_format")
+        question, json_schema = plan.offer(question), plan.schema_json()
+    elif plan is not None and after_result and plan.choice == "auto":
+        no_think = True  # the tool's result is answered in plain text, like an action's result
     return ChatRequest(history=turns, question=question, model=model, stream=stream,
                        include_usage=bool(options.get("include_usage")), max_tokens=max_tokens,
                        temperature=_number(body, "temperature", 0.0, 2.0), top_p=_number(body, "top_p", 0.0, 1.0),
                        seed=None if seed is None else seed % 2**31, stop=tuple(s for s in stops if s),
-                       json_schema=_response_format(body.get("response_format")), prompt_chars=chars)
+                       json_schema=json_schema, prompt_chars=chars,
+                       tools=plan if plan is not None and plan.applies(after_result) else None, no_think=no_think)
 
 
 # -- answers -----------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ is read, and the connection cap. No aiohttp import here, so the checks are plain
 - **Host** (DNS rebinding): while the API listens on loopback, a request's ``Host`` must be a
   loopback name or address or one of ``[http] allowed_hosts``: a web page whose own name was made to
   resolve to 127.0.0.1 still sends its own name.
-- **Origin**: a browser says which page sent a request; only loopback pages and ``[http]
-  allowed_origins`` may. CORS preflights (``OPTIONS``) are always refused, so no browser will send
+- **Origin**: a browser says which page sent a request; only this server's own pages (the panel),
+  loopback pages and ``[http] allowed_origins`` may. CORS preflights (``OPTIONS``) are always refused, so no browser will send
   a cross-origin request with a JSON body or a token.
 - **Content-Type**: a POST must say ``application/json``; the "simple" types a page can send
   without a preflight (``text/plain``, forms) are refused.
@@ -67,9 +67,17 @@ def _origin(value: str) -> str:
     return value.strip().lower().rstrip("/")
 
 
-def check_origin(header: Optional[str], allowed: Iterable[str]) -> None:
-    """Raise 403 when a browser page from another origin sent the request."""
+def check_origin(header: Optional[str], allowed: Iterable[str], own: Optional[str] = None) -> None:
+    """Raise 403 when a browser page from another origin sent the request.
+
+    ``own`` is this server's origin as the request names it (``http://`` + its Host): the panel's
+    page, served by this server, may call it from any name the board is reached by. (A page on a
+    rebound DNS name gets here only where the Host check does not apply, beyond loopback, and there
+    the token is required, which such a page does not have.)
+    """
     if header is None:
+        return
+    if own is not None and _origin(header) == _origin(own):
         return
     parts = urlsplit(header.strip())
     try:

@@ -1,5 +1,6 @@
 """The aiohttp server inside edgebotd's event loop: ``POST /v1/chat/completions`` (JSON or
-server-sent events), ``GET /v1/models``, ``GET /health``.
+server-sent events), ``GET /v1/models``, ``GET /health``, and with ``[http] ui`` the classroom
+panel's page and API (``panel.py``).
 
 Every request becomes one ask of the shared pipeline (``edgebot/asks.py``: source ``http``, its
 priority, think budget and token cap decided there) on the same queue as the bus's asks; there is
@@ -31,9 +32,11 @@ from edgebot.asks import AskSpec, Asks, AskStream
 from edgebot.config import Config
 from edgebot.engine.jobs import EngineBusy, EngineNotReady, JobDelta, JobEnded
 from edgebot.engine.scheduler import Engine
+from edgebot.http import tools as fc
 from edgebot.http.chat import DONE, FINISH, ApiError, ChatRequest, bad, chunk, completion, parse_chat, sse_error
 from edgebot.http.doors import (ConnectionCap, check_host, check_json_type, check_origin, is_loopback,
                                 refuse_preflight, token_ok)
+from edgebot.http.panel import PUBLIC_PATHS, PUBLIC_PREFIXES, Panel
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +62,10 @@ def _json(status: int, body: Any, headers: Optional[dict[str, str]] = None) -> w
                         headers=headers)
 
 
-def _error_response(err: ApiError) -> web.Response:
+def _error_response(err: ApiError, ollama: bool = False) -> web.Response:
+    """OpenAI's ``{"error": {message, type, param, code}}``, or Ollama's ``{"error": message}`` under /api/."""
     headers = {"Retry-After": "1"} if err.status in (429, 503) else None
-    resp = _json(err.status, err.body(), headers)
+    resp = _json(err.status, {"error": err.message} if ollama else err.body(), headers)
     if err.status in (408, 413):
         resp.force_close()  # the rest of the body is not wanted
     return resp
@@ -80,13 +84,20 @@ def _ended_error(ev: JobEnded) -> ApiError:
     return ApiError(500, ev.message or "internal error", "server_error", ev.code or "internal")
 
 
+def _public(path: str) -> bool:
+    """Paths served without the token: /health and the panel's page and files (never its API)."""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
 class HttpApi:
     """The HTTP API of one edgebotd: ``start()`` on the daemon's loop, ``close()`` at shutdown."""
 
-    def __init__(self, config: Config, engine: Engine, asks: Optional[Asks] = None) -> None:
+    def __init__(self, config: Config, engine: Engine, asks: Optional[Asks] = None,
+                 tap: Optional[Any] = None) -> None:
         self.config = config
         self.engine = engine
         self.asks = asks or Asks(config, engine)
+        self.tap = tap  # edgebot.bus.tap.BusTap for the panel's voice state, push-to-talk and say
         http, llm = config.section("http"), config.section("llm")
         self.host, self.port = http["host"], http["port"]
         self.token = http["token"].encode()
@@ -95,6 +106,7 @@ class HttpApi:
         self.model_id = http["model_name"] or (llm["remote_model"] if llm["backend"] == "remote" and
                                                llm["remote_model"] else Path(llm["model"]).stem)
         self.created = int(time.time())
+        self.tools_supported = True  # function calling (edgebot/http/tools.py), shown by /api/show
         self.check_hosts = is_loopback(self.host)  # DNS rebinding matters only where the API is loopback-only
         self._runner: Optional[web.AppRunner] = None
         self._server: Optional[asyncio.AbstractServer] = None
@@ -110,6 +122,12 @@ class HttpApi:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
+        if self.config.get("http", "ui"):
+            Panel(self.config, self.engine, self.asks, self.tap).register(app)
+
+        from edgebot.http.ollama import OllamaApi
+
+        OllamaApi(self).register(app)
         return app
 
     async def start(self) -> None:
@@ -165,14 +183,15 @@ class HttpApi:
             self._doors(request)
             return await handler(request)
         except ApiError as err:
-            return _error_response(err)
+            return _error_response(err, request.path.startswith("/api/"))
         except web.HTTPRequestEntityTooLarge:
-            return _error_response(self._too_large())
+            return _error_response(self._too_large(), request.path.startswith("/api/"))
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             return _error_response(ApiError(exc.status, f"{request.method} {request.path}: {exc.reason}",
-                                            "invalid_request_error", "not_found" if exc.status == 404 else None))
+                                            "invalid_request_error", "not_found" if exc.status == 404 else None),
+                                   request.path.startswith("/api/"))
         finally:
             busy.discard(request.protocol)
 
@@ -183,8 +202,8 @@ class HttpApi:
         http = self.config.section("http")
         if self.check_hosts:
             check_host(request.headers.get("Host"), http["allowed_hosts"])
-        check_origin(request.headers.get("Origin"), http["allowed_origins"])
-        if self.token and request.path != "/health" and not token_ok(request.headers.get("Authorization", ""),
+        check_origin(request.headers.get("Origin"), http["allowed_origins"], f"{request.scheme}://{request.host}")
+        if self.token and not _public(request.path) and not token_ok(request.headers.get("Authorization", ""),
                                                                       self.token):
             raise ApiError(401, "missing or wrong API key (send Authorization: Bearer <[http] token>)",
                            "invalid_request_error", "invalid_api_key")
@@ -225,27 +244,42 @@ class HttpApi:
         finally:
             self._bodies -= 1
 
-    def _check(self, raw: bytes) -> ChatRequest:
-        """Decode and validate a body, and check its schema's grammar (on the check thread: CPU-bound)."""
+    async def read_json(self, request: web.Request) -> Any:
+        """A small request body as JSON (``/api/show``); 413/408/503 as for any body, 400 when not JSON."""
+        raw = await self._read_body(request)
+        try:
+            return json.loads(raw)
+        except RecursionError:
+            raise bad("the body is nested too deeply") from None
+        except ValueError as exc:
+            raise bad(f"the body is not valid JSON: {exc}") from None
+
+    def _check(self, raw: bytes, prepare: Optional[Callable[[Any], Any]] = None) -> ChatRequest:
+        """Decode and validate a body, and check its schema's grammar (on the check thread: CPU-bound).
+        ``prepare`` turns another API's decoded body into the OpenAI body first (Ollama's)."""
         try:
             body = json.loads(raw)
         except RecursionError:
             raise bad("the body is nested too deeply to be a chat request") from None
         except ValueError as exc:
             raise bad(f"the body is not valid JSON: {exc}") from None
+        if prepare is not None:
+            body = prepare(body)
         http = self.config.section("http")
         req = parse_chat(body, self.max_prompt_chars, self.config.get("llm", "n_ctx"), http["max_messages"])
         if req.json_schema is not None:
+            what, param = ("tools[].function.parameters", "tools") if req.tools is not None else \
+                ("response_format.json_schema.schema", "response_format")
             try:
                 self.engine.backend.check_grammar(req.json_schema)
             except (ValueError, RecursionError) as exc:
-                raise bad(f"response_format.json_schema.schema cannot be used: {str(exc)[:500]}", "response_format",
-                          "schema_unsupported") from None
+                raise bad(f"{what} cannot be used: {str(exc)[:500]}", param, "schema_unsupported") from None
         return req
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
+    async def checked(self, request: web.Request, prepare: Optional[Callable[[Any], Any]] = None) -> ChatRequest:
+        """Read the body and validate it on the check thread (at most ``CHECK_S`` seconds)."""
         raw = await self._read_body(request)
-        checking = self._checker.submit(self._check, raw)
+        checking = self._checker.submit(self._check, raw, prepare)
         try:
             req = await asyncio.wait_for(asyncio.wrap_future(checking), CHECK_S)
         except asyncio.TimeoutError:
@@ -257,30 +291,45 @@ class HttpApi:
             raise ApiError(503, f"checking the request took more than {CHECK_S:g} s (other requests may be "
                                 f"waiting to be checked); try again, or send a simpler JSON schema",
                            "server_error", "overloaded") from None
+        return req
+
+    def ended_error(self, ev: JobEnded) -> ApiError:
+        """An ended job that produced no answer, as the HTTP error to report."""
+        return _ended_error(ev)
+
+    async def open_stream(self, req: ChatRequest, show_think: bool = True,
+                          id_prefix: str = "chatcmpl") -> AskStream:
+        """Open ``req``'s ask and wait until its job starts; ApiError when it is refused or ends first.
+        The caller closes the stream (``stream.close()``) when it stops reading."""
         try:
-            stream = self.asks.open(self._spec(req))
+            stream = self.asks.open(self._spec(req, show_think, id_prefix))
         except EngineBusy as exc:
-            raise ApiError(429, f"the engine queue is full: {exc}", "rate_limit_exceeded", "rate_limit_exceeded")
+            raise ApiError(429, f"the engine queue is full: {exc}", "rate_limit_exceeded", "rate_limit_exceeded") from None
         except EngineNotReady as exc:
-            raise ApiError(503, f"not ready: {exc}", "server_error", "model_not_ready")
+            raise ApiError(503, f"not ready: {exc}", "server_error", "model_not_ready") from None
+        first = await stream.next()  # a cancelled wait closes the stream by itself
+        if isinstance(first, JobEnded):
+            raise _ended_error(first)
+        return stream
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        req = await self.checked(request)
+        stream = await self.open_stream(req)
         try:
-            first = await stream.next()
-            if isinstance(first, JobEnded):
-                raise _ended_error(first)
             if req.stream:
                 return await self._stream(request, req, stream)
-            return await self._collect(stream)
+            return await self._collect(stream, req.tools is not None)
         finally:
             if stream.ended is None:  # client gone (handler cancelled) or write failed: free the engine
                 stream.close("the HTTP client left")
                 log.info("HTTP client left; cancelled %s", stream.job.id)
 
-    def _spec(self, req: ChatRequest) -> AskSpec:
-        return AskSpec(id=f"chatcmpl-{secrets.token_hex(12)}", text=req.question, source="http", show_think=True,
-                       max_tokens=req.max_tokens, history=req.history, sampling=req.overrides() or None,
-                       stop=req.stop)
+    def _spec(self, req: ChatRequest, show_think: bool = True, id_prefix: str = "chatcmpl") -> AskSpec:
+        return AskSpec(id=f"{id_prefix}-{secrets.token_hex(12)}", text=req.question, source="http",
+                       show_think=show_think, max_tokens=req.max_tokens, think_budget=0 if req.no_think else None,
+                       history=req.history, sampling=req.overrides() or None, stop=req.stop)
 
-    async def _collect(self, stream: AskStream) -> web.Response:
+    async def _collect(self, stream: AskStream, tools: bool = False) -> web.Response:
         job = stream.job
         answer: list[str] = []
         thinking: list[str] = []
@@ -291,8 +340,11 @@ class HttpApi:
             elif isinstance(ev, JobEnded):
                 if ev.reason not in FINISH:
                     raise _ended_error(ev)
-                return _json(200, completion(job.id, int(time.time()), self.model_id, "".join(answer),
-                                             "".join(thinking), FINISH[ev.reason], ev.stats))
+                body = completion(job.id, int(time.time()), self.model_id, "".join(answer), "".join(thinking),
+                                  FINISH[ev.reason], ev.stats)
+                if tools:
+                    fc.shape_completion(body, "".join(answer))
+                return _json(200, body)
 
     async def _stream(self, request: web.Request, req: ChatRequest, stream: AskStream) -> web.StreamResponse:
         """Send the answer as server-sent events (the job has started)."""
@@ -302,6 +354,7 @@ class HttpApi:
                                            "X-Accel-Buffering": "no"})
         await resp.prepare(request)
         await resp.write(chunk(job.id, created, self.model_id, {"role": "assistant", "content": ""}))
+        calls = fc.CallStream() if req.tools is not None else None
         while True:
             batch = [await stream.next()]
             while stream.pending():
@@ -310,7 +363,12 @@ class HttpApi:
             kind, text = "", ""
             end: Optional[JobEnded] = None
             for ev in batch:
-                if isinstance(ev, JobDelta):
+                if isinstance(ev, JobDelta) and calls is not None and not ev.think:
+                    if text:
+                        out += chunk(job.id, created, self.model_id, {kind: text})
+                        kind, text = "", ""
+                    out += b"".join(chunk(job.id, created, self.model_id, d) for d in fc.call_deltas(calls, ev.text))
+                elif isinstance(ev, JobDelta):
                     k = "reasoning_content" if ev.think else "content"
                     if k != kind and text:
                         out += chunk(job.id, created, self.model_id, {kind: text})
@@ -322,7 +380,11 @@ class HttpApi:
                 out += chunk(job.id, created, self.model_id, {kind: text})
             if end is not None:
                 if end.reason in FINISH:
-                    out += chunk(job.id, created, self.model_id, {}, FINISH[end.reason])
+                    finish = FINISH[end.reason]
+                    if calls is not None:
+                        tail, finish = fc.finish_deltas(calls, finish)
+                        out += b"".join(chunk(job.id, created, self.model_id, d) for d in tail)
+                    out += chunk(job.id, created, self.model_id, {}, finish)
                     if req.include_usage:
                         out += chunk(job.id, created, self.model_id, None, stats=end.stats)
                     out += DONE

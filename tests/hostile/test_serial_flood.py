@@ -5,8 +5,8 @@ pty, real edgebotd; every wait is on a line or an event with a timeout."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -53,15 +53,17 @@ def test_1500_say_lines_during_an_answer_keep_the_bridge_on_the_bus(tmp_path: Pa
         acked = {int(ln.split()[2]) for ln in replies if ln.startswith(b"A 1 ")}
         for seq in sorted(acked):
             board.send(f"K 1 {seq}")
-        board.expect("A 1 ", 15)  # the answer is still streaming: the bridge is still on the bus
+        board.expect("A 1 ", 30)  # the answer is still streaming: the bridge is still on the bus
         board.send("X 1")
         assert board.expect("E 1", 15) == "E 1 cancelled"
         logged = log_lines(rig, mark)
         print(f"1,500 S lines during an answer: {len(errs)} ERR replies, {len(logged)} log lines, answer went on")
         assert len(logged) <= 50, f"{len(logged)} log lines for one burst:\n" + "\n".join(logged[:20])
     finally:
-        rig.close()
-        d.stop()
+        try:
+            rig.close()
+        finally:
+            d.stop()  # even when the bridge did not exit cleanly
 
 
 @pytest.mark.parametrize("line, count", [(b"P 7*%02X\n", 20000), (b"HELLO 0 flood-1.0*%02X\n", 2000)])
@@ -87,8 +89,10 @@ def test_ping_and_hello_floods_are_bounded(tmp_path: Path, script_model: Path, l
         board.hello()
         assert board.ask(2, "What is 2+2?") == ("The answer is 4.", "stop")  # still serving
     finally:
-        rig.close()
-        d.stop()
+        try:
+            rig.close()
+        finally:
+            d.stop()  # even when the bridge did not exit cleanly
 
 
 def test_t_arguments_keep_the_spaces_of_string_values_as_documented() -> None:
@@ -104,3 +108,45 @@ def test_t_arguments_keep_the_spaces_of_string_values_as_documented() -> None:
     assert line.startswith(b'T 4 show {"text":"hi there"}*')
     doc = (REPO / "docs" / "serial-protocol.md").read_text()
     assert "String values keep their own spaces" in doc and "never split it at spaces" in doc
+
+
+def test_another_client_cannot_take_the_id_of_the_boards_next_question(tmp_path: Path, slow_loop_model: Path) -> None:
+    """Item 10, ids: ask ids are unique across the bus, so a client that could predict a bridge's next
+    id could take it first and get the board's question refused. The ids end in a random part."""
+    d = Daemon(tmp_path, slow_loop_model)
+    (tmp_path / "rig").mkdir()
+    rig = Rig(tmp_path / "rig", d)
+    squatter = d.connect()
+    try:
+        board = rig.board
+        assert board is not None
+        board.send("Q 1 Tell me everything")
+        board.expect("A 1 0 ")
+        board.send("X 1")
+        assert board.expect("E 1", 15) == "E 1 cancelled"
+        seen = rig.watch.expect("answer-end", 15)["data"]["id"]  # serial:ttyEDGE:1:<pid>.<n>...
+        head, _, tail = seen.rpartition(":")
+        pid, n = tail.split(".")[:2]
+        guess = f"{head.rsplit(':', 1)[0]}:2:{pid}.{int(n) + 1}"  # what the old scheme made next
+        squatter.ask(guess, "Tell me everything", max_tokens=4000)
+        squatter.expect("answer-start", id=guess)
+        board.send("Q 2 And now?")  # refused at once if its id was taken, else queued behind the squatter
+        deadline = time.monotonic() + 15
+        while True:
+            refused = board.read_line(0.02)
+            assert refused is None, f"the board's question was refused: {refused!r}"
+            squatter.send("status")
+            if squatter.expect("status-report")["data"]["queue"]["waiting"] >= 1:
+                break  # the board's ask is in the queue
+            assert time.monotonic() < deadline, "the board's question never reached edgebotd"
+        squatter.send("cancel", id=guess)
+        line = board.expect("", 15)
+        assert line.startswith("A 2 0 "), f"the board's question was refused: {line}"
+        board.send("X 2")
+        assert board.expect("E 2", 15) == "E 2 cancelled"
+    finally:
+        squatter.close()
+        try:
+            rig.close()
+        finally:
+            d.stop()

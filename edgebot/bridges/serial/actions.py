@@ -10,13 +10,16 @@ Pure state like :mod:`serial_pacing` (the caller passes ``now``, seconds of a mo
   sends the call fails with "the board did not answer". Firmware must answer a repeated id with
   the same ``R`` without running the action twice.
 - Ids are the host's own, 1-65535, counting up and wrapping.
+
+Other transports reuse the same queue and timeout rules with their own ``encode`` (edgebot-mqtt
+publishes the argument JSON on a topic; its broker does the resending, so it uses ``tries=1``).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from edgebot.bridges.serial.pacing import EPS_S, TRIES
 from edgebot.bridges.serial.protocol import DEFAULT_RX_BYTES, MAX_ID, MAX_LINE_BYTES, format_action
@@ -50,8 +53,15 @@ class Done:
 class ActionCaller:
     """The ``T``/``R`` side of one port."""
 
-    def __init__(self, timeout_s: float = 1.0) -> None:
+    def __init__(self, timeout_s: float = 1.0, tries: int = TRIES,
+                 encode: Callable[[int, str, str], bytes] = format_action, check_rx: bool = True) -> None:
+        """``timeout_s``: seconds to wait for a reply before resending; ``tries``: sends before
+        giving up; ``encode(wire_id, name, args_json)``: what goes out; ``check_rx``: refuse a call
+        whose encoding does not fit the board's receive buffer (serial lines)."""
         self.timeout_s = timeout_s
+        self.tries = tries
+        self.encode = encode
+        self.check_rx = check_rx
         self.waiting: deque[Call] = deque()
         self.current: Optional[Call] = None
         self._next_id = 1
@@ -68,10 +78,11 @@ class ActionCaller:
         """A ``T`` is waiting for its ``R`` (answer chunks are held meanwhile)."""
         return self.current is not None
 
-    def reply(self, wire_id: int, ok: bool, text: str) -> Optional[Done]:
-        """``R <id> ...``; None when no call has that id (the caller answers ``ERR <id> unknown-id``)."""
+    def reply(self, wire_id: Optional[int], ok: bool, text: str, name: Optional[str] = None) -> Optional[Done]:
+        """``R <id> ...``; None when no call has that id (the caller answers ``ERR <id> unknown-id``).
+        ``wire_id`` None matches the call in flight by ``name`` instead (a transport without ids)."""
         call = self.current
-        if call is None or call.wire_id != wire_id:
+        if call is None or (wire_id is not None and call.wire_id != wire_id) or (name is not None and call.name != name):
             return None
         self.current = None
         return Done(call.bus_id, ok, text)
@@ -89,20 +100,21 @@ class ActionCaller:
         done: list[Done] = []
         call = self.current
         if call is not None and now - call.sent_at >= self.timeout_s - EPS_S:
-            if call.tries >= TRIES:
+            if call.tries >= self.tries:
                 self.current = None
-                done.append(Done(call.bus_id, False, f"the board did not answer T {call.wire_id} "
-                                                     f"after {TRIES} tries", timeout=True))
+                what = f"T {call.wire_id}" if self.encode is format_action else call.name
+                tries = f"after {self.tries} tries" if self.tries > 1 else f"within {self.timeout_s:g} s"
+                done.append(Done(call.bus_id, False, f"the board did not answer {what} {tries}", timeout=True))
             else:
                 call.tries += 1
                 call.sent_at = now
-                lines.append(format_action(call.wire_id, call.name, call.args_json))
+                lines.append(self.encode(call.wire_id, call.name, call.args_json))
         while self.current is None and self.waiting and line_quiet:
             call = self.waiting.popleft()
             call.wire_id = self._take_id()
-            line = format_action(call.wire_id, call.name, call.args_json)
+            line = self.encode(call.wire_id, call.name, call.args_json)
             limit = min(MAX_LINE_BYTES + 1, rx or DEFAULT_RX_BYTES)
-            if len(line) > limit:
+            if self.check_rx and len(line) > limit:
                 done.append(Done(call.bus_id, False, f"the T line is {len(line)} bytes, more than the board's "
                                                      f"{limit}-byte buffer"))
                 continue

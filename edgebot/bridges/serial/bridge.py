@@ -3,7 +3,7 @@
 One process per port. The port side (waiting for the device, opening it exclusively, the board's
 HELLO, noise, pacing) runs in :meth:`SerialBridge.run` across bus reconnects; the bus side is the
 shared supervisor. The board has at most one question in progress; its ids are namespaced on the
-bus as ``serial:<port name>:<board id>:<pid>.<n>`` so they are unique.
+bus as ``serial:<port name>:<board id>:<pid>.<n>.<8 hex>`` so they are unique and unguessable.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import os
+import secrets
 import sys
 import time
 from collections import deque
@@ -261,11 +262,15 @@ class SerialBridge(Bridge):
             if not self.gate.allow("say"):
                 self._err(ev.id, "busy", "too many S lines; slow down")
                 return
-            bus_id = f"{self.source}:say:{ev.id}:{os.getpid()}.{next(self._ids)}"
+            bus_id = f"{self.source}:say:{ev.id}:{self._suffix()}"
             if self.link is None or not await self.link.send(m.Say(text=ev.text, id=bus_id)):
                 self._err(ev.id, "busy", "edgebotd is not reachable")
             else:
                 self.says.append((bus_id, ev.id))
+
+    def _suffix(self) -> str:
+        """The unique, unguessable end of a bus id: another client cannot take the id first."""
+        return f"{os.getpid()}.{next(self._ids)}.{secrets.token_hex(4)}"
 
     async def _question(self, ev: sp.Question) -> None:
         if self.active is not None:
@@ -274,7 +279,7 @@ class SerialBridge(Bridge):
             else:
                 self._err(ev.id, "busy", f"question {self.active.mcu_id} is in progress")
             return
-        bus_id = f"{self.source}:{ev.id}:{os.getpid()}.{next(self._ids)}"
+        bus_id = f"{self.source}:{ev.id}:{self._suffix()}"
         sender = AnswerSender(ev.id, window=self.s.window, timeout_s=self.s.timeout_s, flush_s=self.s.flush_s,
                               chunk_bytes=self.s.chunk_bytes, rx=self.rx, ascii_only=self.s.ascii)
         q = _Question(ev.id, bus_id, sender)

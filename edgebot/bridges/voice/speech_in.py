@@ -24,6 +24,7 @@ import itertools
 import logging
 import os
 import queue
+import secrets
 import sys
 import threading
 import time
@@ -67,7 +68,8 @@ class SpeechIn(Bridge):
         self.stop = threading.Event()
         self.outbox: Optional[asyncio.Queue[m.Message]] = None
         self.loop: Optional[asyncio.AbstractEventLoop] = None
-        self.ids = (f"voice-{os.getpid()}-{n}" for n in itertools.count(1))
+        # unguessable, so another client cannot take a question's id first (duplicate-id)
+        self.ids = (f"voice-{os.getpid()}-{n}-{secrets.token_hex(4)}" for n in itertools.count(1))
         self.thread: Optional[threading.Thread] = None
 
     def _warm_up(self) -> None:
@@ -203,7 +205,7 @@ class SpeechIn(Bridge):
             except queue.Empty:
                 why = watch.stalled()
                 if why:
-                    raise ad.AudioDeviceError(f"{dev.describe()}: {why}")
+                    raise ad.AudioDeviceError(f"{dev.describe()}: {why}") from None
                 continue
             if not ready:
                 ready = True

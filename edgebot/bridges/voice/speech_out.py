@@ -115,7 +115,10 @@ class SpeechOut(Bridge):
                 self._queue_sentences(utt, utt.cutter.feed(msg.text))
         elif isinstance(msg, m.AnswerEnd):
             utt = self.utts.pop(msg.id, None)
-            if utt is not None:
+            if utt is not None and msg.reason == "cancelled":  # e.g. edgebotd stopping: say no more of it
+                self._drop(utt)
+                log.info("answer %s ended cancelled: speech stopped", utt.id)
+            elif utt is not None:
                 self._queue_sentences(utt, utt.cutter.flush(), end=True)
         elif isinstance(msg, m.Say):
             utt_id = msg.id or next(self.say_ids)

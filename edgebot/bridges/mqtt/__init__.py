@@ -1,0 +1,1 @@
+"""edgebot-mqtt: the bridge between an MQTT broker and the edgebot bus."""

@@ -1,0 +1,1 @@
+"""edgebot-wyoming: edgebot as a Wyoming service for Home Assistant."""
