@@ -23,13 +23,25 @@ PROCESS_CALLS = {("os", "system"), ("os", "popen"), ("os", "execv"), ("os", "exe
                  ("os", "execl"), ("os", "execlp"), ("os", "spawnv"), ("os", "posix_spawn"), ("pty", "spawn")}
 # Local admin commands, never given model text: `edgebot-cli doctor` runs diagnostics tools.
 MAY_START_PROCESSES = {"edgebot/doctor/software.py", "edgebot/doctor/system.py"}
+# Test and bench support (a mosquitto broker, the vocabulary from the llama-cpp-python sdist): never
+# imported by edgebotd, a bridge or the CLI, which the test below checks.
+TEST_SUPPORT = "edgebot/testing/"
+
+
+def test_no_product_module_imports_the_test_support() -> None:
+    users = [str(p.relative_to(REPO)) for p in (REPO / "edgebot").rglob("*.py")
+             if not str(p.relative_to(REPO)).startswith(TEST_SUPPORT)
+             and any(isinstance(n, ast.ImportFrom) and (n.module or "").startswith("edgebot.testing")
+                     or isinstance(n, ast.Import) and any(a.name.startswith("edgebot.testing") for a in n.names)
+                     for n in ast.walk(ast.parse(p.read_text())))]
+    assert not users, users
 
 
 def test_no_module_on_the_answer_path_can_start_a_process_or_evaluate_code() -> None:
     offenders = []
     for path in sorted((REPO / "edgebot").rglob("*.py")):
         rel = str(path.relative_to(REPO))
-        if rel in MAY_START_PROCESSES:
+        if rel in MAY_START_PROCESSES or rel.startswith(TEST_SUPPORT):
             continue
         tree = ast.parse(path.read_text(), rel)
         for node in ast.walk(tree):
