@@ -153,8 +153,8 @@ def main() -> int:
     d_ttft, d_dec = med(x[0] for x in via) * 1000, med(x[1] for x in via)
     print(f"\nmodel {Path(model).name}, {args.threads} threads, batch {args.batch}, {args.tokens} tokens, "
           f"{args.runs} runs (medians)")
-    print(f"| measure | raw llama-cpp-python | edgebotd + edgebot-cli | ratio / difference | target |")
-    print(f"|---|---|---|---|---|")
+    print("| measure | raw llama-cpp-python | edgebotd + edgebot-cli | ratio / difference | target |")
+    print("|---|---|---|---|---|")
     print(f"| decode tokens/s | {raw_dec:.2f} | {d_dec:.2f} | {d_dec / raw_dec:.3f}x | >= 0.98x |")
     print(f"| time to first token | {raw_ttft:.0f} ms | {d_ttft:.0f} ms | {d_ttft - raw_ttft:+.0f} ms | <= +50 ms |")
     print(f"| CLI start-up (status, spawn to exit) | | {med(startup) * 1000:.0f} ms | | <= 100 ms |")

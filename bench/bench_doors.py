@@ -184,7 +184,8 @@ async def run(model: Path, runs: int, broker_nodelay: bool) -> None:
           f"load average {os.getloadavg()[0]:.1f})\n")
     print("| door | ms | door − bus |\n|---|---|---|")
     print(f"| bus (JSON lines, Unix socket) | {med['bus']:.1f} | |")
-    print(f"| MQTT (edgebot-mqtt, mosquitto on loopback, QoS 1, set_tcp_nodelay {str(broker_nodelay).lower()}) | {med['mqtt']:.1f} | {med['mqtt'] - med['bus']:+.1f} ms |")
+    mqtt_name = f"MQTT (edgebot-mqtt, mosquitto on loopback, QoS 1, set_tcp_nodelay {str(broker_nodelay).lower()})"
+    print(f"| {mqtt_name} | {med['mqtt']:.1f} | {med['mqtt'] - med['bus']:+.1f} ms |")
     print(f"| Ollama /api/chat (streamed NDJSON) | {med['ollama']:.1f} | {med['ollama'] - med['bus']:+.1f} ms |")
     print(f"\nWhole answer: bus {med['bus-end']:.1f} ms, Wyoming transcript → handled {med['wyoming']:.1f} ms "
           f"({med['wyoming'] - med['bus-end']:+.1f} ms)")

@@ -110,7 +110,7 @@ def cmd_raw(args: argparse.Namespace) -> None:
             print(f"run {r}: {n} sequence(s) per llama_decode: {rate:.2f} tokens/s", flush=True)
     kv = rm.seq_state_bytes(0) / (len(prompts[0]) + args.tokens)
     rm.close()
-    print(f"\n| sequences per llama_decode | aggregate decode, tokens/s | vs 1 sequence |\n|---|---|---|")
+    print("\n| sequences per llama_decode | aggregate decode, tokens/s | vs 1 sequence |\n|---|---|---|")
     for n, xs in rates.items():
         print(f"| {n} | {med(xs):.2f} | {med(xs) / med(rates[1]):.2f}x |")
     print(f"\nKV state of one sequence: {kv / 1024:.1f} KiB per token ({kv * 2048 / 2**20:.0f} MiB for 2048 tokens)")

@@ -106,7 +106,7 @@ def main() -> int:
     b = Browser(size=(1100, 800))
     try:
         cold, warm = [], []
-        for i in range(args.loads):
+        for _ in range(args.loads):
             for cache_off, out in ((True, cold), (False, warm)):
                 b.driver.execute_cdp_cmd("Network.setCacheDisabled", {"cacheDisabled": cache_off})
                 b.driver.get(base + "/")
@@ -129,7 +129,7 @@ def main() -> int:
             b.driver.find_element("id", "new").click()
             before = int(b.js("return Number(document.body.dataset.answers || 0)"))
             b.driver.find_element("id", "input").send_keys(question + "\n")
-            b.wait(lambda: int(b.js("return Number(document.body.dataset.answers || 0)")) > before, 60)
+            b.wait(lambda: int(b.js("return Number(document.body.dataset.answers || 0)")) > before, 60)  # noqa: B023 - waited on here, in this iteration
             ask, first, paint = b.js("return ['edgebot-ask', 'edgebot-first-char', 'edgebot-first-paint']"
                                      ".map(n => performance.getEntriesByName(n).at(-1).startTime)")
             panel_ms.append(first - ask)

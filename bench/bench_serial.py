@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from edgebot.bridges.serial.chunking import escape_units
 from edgebot.bridges.serial.protocol import checksum
@@ -182,7 +182,7 @@ def scenario(model: Path, keys: str, questions: int, baud: int, max_tokens: int,
                     break
             prefix = f"serial:{port.name}:{q}:"
             with bus.cond:
-                bus.cond.wait_for(lambda: any(i.startswith(prefix) for i in bus.ended), 30)
+                bus.cond.wait_for(lambda: any(i.startswith(prefix) for i in bus.ended), 30)  # noqa: B023
                 bus_id = next(i for i in bus.ended if i.startswith(prefix))
                 deltas = list(bus.deltas.get(bus_id, []))
             # map each delta's last escaped byte to the chunk that carried it

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFWriter, LlamaFileType, TokenType
+from gguf import GGUFWriter, LlamaFileType
 
 from edgebot.engine.chat_template import R1_DISTILL_CHAT_TEMPLATE
 from edgebot.testing.qwen2_vocab import N_VOCAB, R1Vocab, load_r1_vocab

@@ -140,7 +140,8 @@ async def serve(config: Config) -> int:
         watchdog = asyncio.create_task(_watchdog(interval, engine))
     code = 0
     waiter = asyncio.ensure_future(stop.wait())
-    done, _ = await asyncio.wait({loaded, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    both: set[asyncio.Future[Any]] = {loaded, waiter}
+    done, _ = await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
     if loaded in done:
         state, message = loaded.result()
         if state == "failed":

@@ -20,6 +20,7 @@ import socket
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +99,7 @@ def file_sha256(path: Path) -> str:
 
 
 def _offline(url: str, reason: object) -> OfflineError:
-    host = urllib.request.urlparse(url).netloc
+    host = urllib.parse.urlparse(url).netloc
     return OfflineError(f"cannot reach {host} ({reason}). This machine seems to be offline: connect it to the "
                         f"network and run the same command again (a partial download is resumed), or copy the "
                         f"file here from a computer that has it")

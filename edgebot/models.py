@@ -17,13 +17,13 @@ import os
 import shutil
 import sys
 import zipfile
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
 from edgebot.config import schema
 from edgebot.config.schema import DEFAULT_MODEL, GET_MODEL
-from edgebot.download import (ChecksumError, DownloadError, Expected, OfflineError, download, file_sha256,
+from edgebot.download import (DownloadError, Expected, OfflineError, download, file_sha256,
                               recorded_sha256, write_sha256)
 from edgebot.gguf_info import GGUFError, read_gguf
 
@@ -284,10 +284,10 @@ def cmd_list(args: argparse.Namespace) -> int:
                      "installed": path.exists() and not Path(str(path) + ".part").exists(),
                      "configured": str(path) in pointed.values(), "note": art.note})
     known = {r["path"] for r in rows}
-    for kind, path in pointed.items():
-        if path not in known:
-            rows.append({"name": "(configured)", "kind": kind, "language": "", "path": path,
-                         "installed": Path(path).exists(), "configured": True, "note": "not from the catalogue"})
+    for kind, cfg_path in pointed.items():
+        if cfg_path not in known:
+            rows.append({"name": "(configured)", "kind": kind, "language": "", "path": cfg_path,
+                         "installed": Path(cfg_path).exists(), "configured": True, "note": "not from the catalogue"})
     if args.json:
         print(json.dumps(rows, indent=1))
         return EXIT_OK
@@ -295,9 +295,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         mark = "installed" if r["installed"] else "missing  "
         cfg = " <- config" if r["configured"] else ""
         print(f"{mark} {r['kind']:3} {r['language'] or '--':2} {r['name']:38} {r['path']}{cfg}")
-    for kind, path in pointed.items():
-        if not Path(path).exists():
-            print(f"edgebot-cli model: the config's {kind} model {path} is missing; get it with "
+    for kind, cfg_path in pointed.items():
+        if not Path(cfg_path).exists():
+            print(f"edgebot-cli model: the config's {kind} model {cfg_path} is missing; get it with "
                   f"`{GET_MODEL}`", file=sys.stderr)
     return EXIT_OK
 

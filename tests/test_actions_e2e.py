@@ -213,7 +213,6 @@ def test_cli_lists_actions_and_shows_an_action_taken(robot: tuple[Daemon, Rig]) 
     assert listed.returncode == 0, listed.stderr
     assert "led" in listed.stdout and "turn the LED on or off" in listed.stdout and "confirm" in listed.stdout
     import subprocess
-    import os
 
     env = {**daemon.env, "EDGEBOT_SOCKET": daemon.socket}
     proc = subprocess.Popen([str(Path(__import__("sys").executable).parent / "edgebot-cli"), "ask", "light", "on"],

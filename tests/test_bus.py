@@ -123,7 +123,7 @@ def test_peer_not_allowed_is_refused(daemon_factory, script_model: Path) -> None
                 bus = BusConn(daemon.socket, hello=False)
                 bus.send("hello", client="intruder")
                 os.write(w, json.dumps(bus.recv(10)).encode())
-            except BaseException as exc:  # report, never raise out of the forked child
+            except BaseException as exc:  # noqa: BLE001 - report, never raise out of the forked child
                 os.write(w, json.dumps({"type": "child-failed", "data": {"message": repr(exc)}}).encode())
             finally:
                 os._exit(0)

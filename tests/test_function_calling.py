@@ -7,7 +7,6 @@ the arguments; bad tool declarations refused with 400."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Iterator
 
 import jsonschema

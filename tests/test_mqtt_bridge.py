@@ -82,7 +82,7 @@ class Client:
         msgs: list[dict] = []
         while True:
             _, payload, _ = self.expect(lambda t, p: t.startswith(f"{PREFIX}/answer/") and
-                                        (ident is None or t == f"{PREFIX}/answer/{ident}"), timeout)
+                                        (ident is None or t == f"{PREFIX}/answer/{ident}"), timeout)  # noqa: B023
             msg = json.loads(payload)
             if msg["type"] == "end":
                 return msgs, msg

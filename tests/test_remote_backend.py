@@ -119,7 +119,7 @@ class FakeServer:
             while b"\r\n\r\n" not in data:
                 data += conn.recv(65536)
             head, body = data.split(b"\r\n\r\n", 1)
-            length = int(next((l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")),
+            length = int(next((h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")),
                               b"0"))
             while len(body) < length:
                 body += conn.recv(65536)

@@ -14,7 +14,7 @@ import pytest
 from edgebot.testing.script_model import DEFAULT_SCRIPT, write_script_model
 from edgebot.testing.serial_board import PtyBoard
 
-from conftest import BIN, BusConn, Daemon, stop_process
+from conftest import BIN, Daemon, stop_process
 
 EDGEBOT_SERIAL = str(BIN / "edgebot-serial")
 ANSWER = "The answer is 4."

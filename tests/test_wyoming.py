@@ -204,7 +204,8 @@ def test_board_voice_and_recognizer_as_wyoming_tts_and_asr(tmp_path: Path, scrip
         assert max(abs(int.from_bytes(pcm[i:i + 2], "little", signed=True)) for i in range(0, len(pcm), 2)) > 1000
 
         wav = tmp_path / "q.wav"
-        subprocess.run(["espeak-ng", "-v", "ko", "-s", "150", "-w", str(wav), "하나 더하기 둘은"], check=True, timeout=30)
+        subprocess.run(["espeak-ng", "-v", "ko", "-s", "150", "-w", str(wav), "하나 더하기 둘은"], check=True,
+                       timeout=30)
         raw = subprocess.run(["sox", str(wav), "-t", "raw", "-e", "signed", "-b", "16", "-c", "1", "-"],
                              capture_output=True, check=True, timeout=30).stdout
         rate = 22050  # espeak-ng's rate: the service converts it to 16 kHz

@@ -23,7 +23,8 @@ from typing import Any, Optional, Protocol, Sequence, Union
 
 from edgebot.actions.registry import answer_schema
 
-__all__ = ["AnswerStream", "Call", "Offer", "Plain", "answer_schema", "offer_text", "read_answer"]  # answer_schema: from registry
+# answer_schema lives in the registry (which holds it to the schema bounds); re-exported here
+__all__ = ["AnswerStream", "Call", "Offer", "Plain", "answer_schema", "offer_text", "read_answer"]
 
 
 class Offer(Protocol):

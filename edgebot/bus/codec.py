@@ -74,7 +74,7 @@ def from_dict(type_name: str, data: dict[str, Any]) -> Message:
     if cls is None:
         raise ProtocolError("unknown-type", f"unknown message type {type_name!r}; known: {', '.join(sorted(BY_TYPE))}",
                             msg_id)
-    hints = _hints(cls)
+    hints = _hints(cls)  # type: ignore[arg-type]  # message classes hash by identity
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:

@@ -124,7 +124,8 @@ def check_serial(ctx: Context) -> Check:
     found = sorted(glob.glob("/dev/ttyUSB*") + glob.glob("/dev/ttyACM*"))
     if not configured and not found:
         return Check("serial", SKIP, "no serial port configured and no USB serial adapter plugged in")
-    problems, fine = [], []
+    problems: list[str] = []
+    fine: list[str] = []
     for port in configured or found:
         if not os.path.exists(port):
             problems.append(f"{port} is missing")

@@ -107,7 +107,8 @@ def check_schema(schema: Any, limits: SchemaLimits = DEFAULT_LIMITS) -> None:
             if properties > limits.max_properties:
                 raise SchemaLimitError(f"the schema has more than {limits.max_properties} properties in all",
                                        "max_properties", where + "/properties")
-            required = node.get("required") if isinstance(node.get("required"), list) else []
+            listed = node.get("required")
+            required = listed if isinstance(listed, list) else []
             optional = len(set(props) - set(r for r in required if isinstance(r, str)))
             if optional > limits.max_optional_properties:
                 raise SchemaLimitError(f"an object has {optional} optional properties, more than "

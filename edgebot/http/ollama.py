@@ -239,7 +239,8 @@ class OllamaApi:
                 raise bad("the body must be a JSON object")
             self.check_model(body.get("model"))
             seen["think"] = _think(body)
-            if (kind == "chat" and body.get("messages") in (None, [])) or (kind == "generate" and not body.get("prompt")):
+            empty = body.get("messages") in (None, []) if kind == "chat" else not body.get("prompt")
+            if empty:
                 raise _Loaded(body.get("keep_alive") in (0, "0", "0s"))  # Ollama's "load" / "unload" request
             return to_openai(body, kind)  # keep_alive is accepted: the model always stays loaded
 

@@ -1,8 +1,9 @@
 """The classroom panel (``[http] ui``): the chat page at ``/``, its static files, and the small
 API under ``/panel/api/`` it talks to (docs/panel.md).
 
-A thin front door: a question becomes one engine job of source ``http:panel`` in the conversation's
-session ``panel:<id>`` (so follow-ups reuse the KV cache), streamed back as server-sent events;
+A thin front door: a question becomes one ask of the shared pipeline (``edgebot/asks.py``), source
+``http:panel``, in the conversation's session ``panel:<id>`` (so follow-ups reuse the KV cache),
+streamed back as server-sent events;
 conversations are kept by ``conversations.ConversationStore``; the robot's voice state comes
 from the bus through the ``BusTap`` the daemon hands over (this package never imports the bus).
 """
@@ -217,9 +218,9 @@ class Panel:
             stream = self.asks.open(self._spec(conv, text))
         except EngineBusy as exc:
             raise ApiError(429, f"the engine queue is full: {exc}; try again", "rate_limit_exceeded",
-                           "rate_limit_exceeded")
+                           "rate_limit_exceeded") from None
         except EngineNotReady as exc:
-            raise ApiError(503, f"not ready: {exc}", "server_error", "model_not_ready")
+            raise ApiError(503, f"not ready: {exc}", "server_error", "model_not_ready") from None
         job = stream.job
         self.running[job.id] = job
         exchange = Exchange(question=text)

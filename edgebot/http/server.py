@@ -304,9 +304,9 @@ class HttpApi:
         try:
             stream = self.asks.open(self._spec(req, show_think, id_prefix))
         except EngineBusy as exc:
-            raise ApiError(429, f"the engine queue is full: {exc}", "rate_limit_exceeded", "rate_limit_exceeded")
+            raise ApiError(429, f"the engine queue is full: {exc}", "rate_limit_exceeded", "rate_limit_exceeded") from None
         except EngineNotReady as exc:
-            raise ApiError(503, f"not ready: {exc}", "server_error", "model_not_ready")
+            raise ApiError(503, f"not ready: {exc}", "server_error", "model_not_ready") from None
         first = await stream.next()  # a cancelled wait closes the stream by itself
         if isinstance(first, JobEnded):
             raise _ended_error(first)

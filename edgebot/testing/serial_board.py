@@ -131,8 +131,8 @@ class PtyBoard:
                 if ack:
                     self.send(f"K {ident} {seq}")
             elif line.startswith(b"E %d " % ident):
-                text = unescape(b"".join(parts[k] for k in sorted(parts)))
-                return text, line.split(b" ")[2].decode(), seqs
+                answer = unescape(b"".join(parts[k] for k in sorted(parts)))
+                return answer, line.split(b" ")[2].decode(), seqs
             elif line.startswith(b"ERR %d " % ident):
                 raise BoardError(f"question {ident} refused: {line!r}")
 

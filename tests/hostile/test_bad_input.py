@@ -96,7 +96,7 @@ def test_serial_parser_fuzz_events_are_well_formed_and_memory_bounded(lines: lis
 def test_serial_parser_1mb_without_newline_is_one_error_and_bounded() -> None:
     reader = sp.LineReader(True)
     events = []
-    for i in range(0, 1 << 20, 4096):
+    for _ in range(0, 1 << 20, 4096):
         events += reader.feed(b"\xff" * 4096)
         assert reader.buffered <= sp.MAX_LINE_BYTES + 2
     events += reader.feed(b"\n" + checksummed(b"Q 7 after the flood") + b"\n")

@@ -9,7 +9,6 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import tempfile
 import time
 from dataclasses import replace
@@ -21,7 +20,7 @@ import pytest
 from edgebot.bus import messages as m
 from edgebot.bus.hub import Hub, Limits
 from edgebot.testing.script_model import DEFAULT_SCRIPT, write_script_model
-from conftest import BusConn, Daemon
+from conftest import BusConn
 
 ANSWER = "The answer is 4."
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from edgebot.testing.serial_board import PtyBoard
 from conftest import EDGEBOT_CLI, EDGEBOTD, REPO, Daemon
 from test_serial_bridge import BridgeProc, Rig  # the serial tests' real bridge process and board rig
 

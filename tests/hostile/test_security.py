@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from edgebot.testing.script_model import DEFAULT_SCRIPT, write_script_model
-from conftest import EDGEBOTD, REPO, Daemon
+from conftest import EDGEBOTD, REPO
 
 PROCESS_CALLS = {("os", "system"), ("os", "popen"), ("os", "execv"), ("os", "execvp"), ("os", "execve"),
                  ("os", "execl"), ("os", "execlp"), ("os", "spawnv"), ("os", "posix_spawn"), ("pty", "spawn")}
@@ -104,7 +104,7 @@ def test_http_refuses_without_the_token_and_with_a_wrong_one(daemon_factory, scr
     with socketlib.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    d: Daemon = daemon_factory(script_model, f'[http]\nenabled = true\nport = {port}\ntoken = "s3cret"\n')
+    daemon_factory(script_model, f'[http]\nenabled = true\nport = {port}\ntoken = "s3cret"\n')
     body = '{"model": "x", "messages": [{"role": "user", "content": "hi"}]}'
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"},
                     {"Authorization": "Bearer s3cret\x00"}):

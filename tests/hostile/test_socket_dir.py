@@ -8,6 +8,7 @@ import asyncio
 import os
 import socket
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,6 @@ def needs_root() -> None:
 
 
 def start_edgebotd(sock: Path, model: Path, tmp: Path) -> "subprocess.CompletedProcess[str]":
-    import subprocess
-
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEBOT_", "NOTIFY_SOCKET"))}
     return subprocess.run([EDGEBOTD, "--model", str(model), "--socket", str(sock)],
                           env={**env, "EDGEBOT_BOARD": "generic-x86"}, capture_output=True, text=True, timeout=60)

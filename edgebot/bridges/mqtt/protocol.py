@@ -129,9 +129,10 @@ def parse_ask(payload: bytes, max_bytes: int) -> AskRequest:
         return AskRequest(text=text)
     try:
         obj = json.loads(text)
-    except ValueError as exc:
-        raise PayloadError("bad-json", f"the ask starts with {{ but is not JSON ({exc.msg} at character "
-                                       f"{exc.pos}); send plain text or a JSON object") from None
+    except (ValueError, RecursionError) as exc:
+        why = f"{exc.msg} at character {exc.pos}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise PayloadError("bad-json", f"the ask starts with {{ but is not JSON ({why}); send plain text or a "
+                                       f"JSON object") from None
     if not isinstance(obj, dict):
         raise PayloadError("bad-json", "the ask must be plain text or a JSON object")
     ident = _field(obj, "id", (str,), "a string")
@@ -166,12 +167,13 @@ def parse_cancel(payload: bytes) -> str:
     if text.startswith("{"):
         try:
             obj = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise PayloadError("bad-json", "the cancel starts with { but is not JSON: send the id or {\"id\": ...}") \
                 from None
-        text = obj.get("id") if isinstance(obj, dict) else None
-        if not isinstance(text, str):
+        given = obj.get("id") if isinstance(obj, dict) else None
+        if not isinstance(given, str):
             raise PayloadError("bad-field", "cancel needs {\"id\": \"<the ask's id>\"}")
+        text = given
     if not ID_RE.match(text):
         raise PayloadError("bad-field", f"cancel: {text[:70]!r} is not an answer id")
     return text

@@ -205,7 +205,7 @@ class SpeechIn(Bridge):
             except queue.Empty:
                 why = watch.stalled()
                 if why:
-                    raise ad.AudioDeviceError(f"{dev.describe()}: {why}")
+                    raise ad.AudioDeviceError(f"{dev.describe()}: {why}") from None
                 continue
             if not ready:
                 ready = True

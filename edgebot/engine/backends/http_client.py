@@ -140,7 +140,7 @@ class Response:
         reads or two chunks (a CJK character is 3 bytes) is held until its last byte arrives.
         """
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        text, data = "", []
+        text, data = "", []  # type: str, list[str]
         for chunk in self.body():
             text += decoder.decode(chunk)
             while "\n" in text:

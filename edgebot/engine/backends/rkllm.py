@@ -96,12 +96,12 @@ class RkllmBackend(Backend):
     """One ``LLMHandle`` of librkllmrt.so; every method but ``load``/``info`` runs on the engine thread."""
 
     def __init__(self, model_path: str, *, library: str = "librkllmrt.so", n_ctx: int = 4096, cpus: str = "",
-                 sampling: SamplingParams = SamplingParams()) -> None:
+                 sampling: Optional[SamplingParams] = None) -> None:
         self.model_path = model_path
         self.library = library
         self.n_ctx = n_ctx
         self.cpus = cpus
-        self.sampling = sampling
+        self.sampling = sampling if sampling is not None else SamplingParams()
         self.runtime_version = ""
         self.driver_version = ""
         self._lib: Any = None
