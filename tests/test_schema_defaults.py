@@ -56,7 +56,8 @@ def test_every_schema_key_named_above_exists() -> None:
 
 
 def _module_graph() -> dict[str, set[str]]:
-    """edgebot module -> the edgebot modules its import statements name (any level, lazy ones too)."""
+    """edgebot module -> the edgebot modules its import statements name (any level, lazy ones too;
+    not those under ``if TYPE_CHECKING:``, which never run)."""
     modules = {}
     for path in (REPO / "edgebot").rglob("*.py"):
         rel = path.relative_to(REPO).with_suffix("")
@@ -65,7 +66,13 @@ def _module_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         edges = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        type_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                     and ast.unparse(block.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+                     for stmt in block.body for n in ast.walk(stmt)}  # annotations only, never run
+        for node in ast.walk(tree):
+            if id(node) in type_only:
+                continue
             if isinstance(node, ast.Import):
                 edges |= {a.name for a in node.names if a.name in modules}
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:

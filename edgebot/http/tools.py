@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from edgebot.actions import tools as contract
 from edgebot.engine.schema_limits import SchemaLimitError, check_schema
-from edgebot.http.chat import ApiError, bad
+from edgebot.http.errors import ApiError, bad
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_TOOLS = 32

@@ -219,7 +219,9 @@ class MqttBridge(Bridge):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = base_parser("edgebot-mqtt", "Answer questions from an MQTT broker and run declared actions on MQTT "
-                                         "devices (docs/integrations.md).")
+                                         "devices (docs/integrations.md).",
+                         examples="  edgebot-mqtt --broker mqtt://localhost:1883\n"
+                                  "  edgebot-mqtt --broker mqtt://broker.lan:1883 --prefix classroom/edgebot")
     parser.add_argument("--broker", help="broker URL, e.g. mqtt://localhost:1883 (default: [mqtt] broker)")
     parser.add_argument("--prefix", help="topic prefix (default: [mqtt] prefix)")
 

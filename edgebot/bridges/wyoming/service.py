@@ -241,7 +241,9 @@ class WyomingBridge(Bridge):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = base_parser("edgebot-wyoming", "Offer edgebot to Home Assistant as a Wyoming conversation agent "
-                                            "(docs/integrations.md).")
+                                            "(docs/integrations.md).",
+                         examples="  edgebot-wyoming --uri tcp://127.0.0.1:10700\n"
+                                  "  edgebot-wyoming --log-level DEBUG      the [wyoming] uri from the config")
     parser.add_argument("--uri", help="where to listen, tcp://HOST:PORT (default: [wyoming] uri)")
 
     def build(args: argparse.Namespace, config: Config) -> Bridge:
