@@ -307,7 +307,11 @@ class HttpApi:
             raise ApiError(429, f"the engine queue is full: {exc}", "rate_limit_exceeded", "rate_limit_exceeded") from None
         except EngineNotReady as exc:
             raise ApiError(503, f"not ready: {exc}", "server_error", "model_not_ready") from None
-        first = await stream.next()  # a cancelled wait closes the stream by itself
+        try:
+            first = await stream.next()  # a cancelled wait closes the stream by itself
+        except asyncio.CancelledError:
+            log.info("HTTP client left; cancelled %s (still queued)", stream.job.id)
+            raise
         if isinstance(first, JobEnded):
             raise _ended_error(first)
         return stream
