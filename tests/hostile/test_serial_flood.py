@@ -17,14 +17,21 @@ from test_serial_bridge import Rig  # the serial tests' real bridge process and 
 pytestmark = pytest.mark.timeout(180)
 
 
-def drain(board: PtyBoard, quiet_s: float = 1.0) -> list[bytes]:
-    """Every host line until the line has been quiet for ``quiet_s``."""
-    lines = []
-    while True:
+def drain(board: PtyBoard, quiet_s: float = 1.0, max_s: float = 4.0) -> list[bytes]:
+    """Every host line until the line has been quiet for ``quiet_s`` or ``max_s`` passed; answer chunks
+    are acknowledged as a board does, so the pacing's resend limit (3 sends without a K) cannot end the
+    answer while the test is reading, however slowly the machine runs."""
+    lines: list[bytes] = []
+    deadline = time.monotonic() + max_s
+    while time.monotonic() < deadline:
         line = board.read_line(quiet_s)
         if line is None:
-            return lines
+            break
         lines.append(line)
+        if line.startswith(b"A "):
+            ident, seq = line.split(b" ")[1:3]
+            board.send(f"K {ident.decode()} {seq.decode()}")
+    return lines
 
 
 def log_lines(rig: Rig, after: int) -> list[str]:
@@ -46,16 +53,17 @@ def test_1500_say_lines_during_an_answer_keep_the_bridge_on_the_bus(tmp_path: Pa
         mark = len(rig.bridge.log_text())
         board.write(b"".join(b"S %d hello %d\n" % (i % 60000 + 2, i) for i in range(1500)))
         replies = drain(board, 1.0)
-        assert not [ln for ln in replies if ln.startswith(b"E 1")], "the answer was ended by the flood"
+        assert not [ln for ln in replies if ln.startswith(b"E 1 error")], "the answer was ended by the flood"
         assert "flood" not in rig.bridge.log_text()[mark:] or "dropping" in rig.bridge.log_text()[mark:]
         errs = [ln for ln in replies if ln.startswith(b"ERR ")]
         assert len(errs) <= 100, f"{len(errs)} ERR replies to a flood"
-        acked = {int(ln.split()[2]) for ln in replies if ln.startswith(b"A 1 ")}
-        for seq in sorted(acked):
-            board.send(f"K 1 {seq}")
-        board.expect("A 1 ", 30)  # the answer is still streaming: the bridge is still on the bus
-        board.send("X 1")
-        assert board.expect("E 1", 15) == "E 1 cancelled"
+        ended = [ln for ln in replies if ln.startswith(b"E 1 ")]
+        if not ended:  # still streaming: the bridge is still on the bus, and it cancels on X
+            board.expect("A 1 ", 30)
+            board.send("X 1")
+            assert board.expect("E 1", 15) == "E 1 cancelled"
+        else:  # the answer ran to its natural end meanwhile, chunks flowing through the flood
+            assert ended[0].split(b"*")[0] in (b"E 1 stop", b"E 1 length") and any(ln.startswith(b"A 1 ") for ln in replies)
         logged = log_lines(rig, mark)
         print(f"1,500 S lines during an answer: {len(errs)} ERR replies, {len(logged)} log lines, answer went on")
         assert len(logged) <= 50, f"{len(logged)} log lines for one burst:\n" + "\n".join(logged[:20])
