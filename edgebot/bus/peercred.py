@@ -61,7 +61,3 @@ class AllowList:
             return True
         return bool(self.gids) and bool(self.gids & _groups_of(peer.uid, peer.gid))
 
-
-def peer_allowed(peer: PeerCred, allowed_users: list[str], allowed_groups: list[str]) -> bool:
-    """Root, the daemon's own user, listed users (name or uid) and members of listed groups."""
-    return AllowList(allowed_users, allowed_groups).allows(peer)
