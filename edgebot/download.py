@@ -8,12 +8,19 @@ old part. The finished file is checked against its sha256 (or the publisher's md
 without a published checksum, the sha256 that Hugging Face states for LFS files (``X-Linked-Etag``,
 or an ETag that is a sha256) — and only then renamed into place, with a ``<dest>.sha256`` record
 beside it (``sha256sum -c`` format).
+
+Hugging Face names the commit a ``resolve/<branch>/`` URL was served from (``X-Repo-Commit``, as
+huggingface_hub reads it): it is kept beside the part (``<dest>.part.commit``) so that a resumed
+download asks for ``resolve/<that commit>/`` — the same revision, even if the branch moved — and
+recorded with the URL in ``<dest>.source`` (JSON), which ``edgebot-cli model list`` shows and
+``model pull --revision`` takes on the next board.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import socket
@@ -130,6 +137,32 @@ def server_sha256(headers: list[Any]) -> str:
     return ""
 
 
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_RESOLVE = re.compile(r"/resolve/[^/]+/")
+
+
+def server_commit(headers: list[Any]) -> str:
+    """The repository commit Hugging Face states for the file (``X-Repo-Commit``), or ""."""
+    for h in headers:
+        value = (h.get("X-Repo-Commit") or "").strip().lower()
+        if _COMMIT.match(value):
+            return value
+    return ""
+
+
+def at_revision(url: str, revision: str) -> str:
+    """``url`` with its Hugging Face ``resolve/<revision>/`` replaced (unchanged if it has none)."""
+    return _RESOLVE.sub(f"/resolve/{revision}/", url, count=1) if revision else url
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """A finished download: the file's sha256 and, for Hugging Face, the commit it came from ("" if unknown)."""
+
+    sha256: str
+    commit: str = ""
+
+
 def _validator(headers: Any) -> str:
     """What ``If-Range`` may carry for this response: a strong ETag, else Last-Modified, else ""."""
     etag = (headers.get("ETag") or "").strip()
@@ -161,16 +194,18 @@ def _open(url: str, offset: int, timeout: float, if_range: str = "") -> tuple[An
 
 def download(url: str, dest: Path, expected: Expected, *, label: str = "",
              progress: Optional[Callable[[int, int], None]] = None, stream: TextIO = sys.stderr,
-             timeout: float = TIMEOUT_S) -> str:
-    """Fetch ``url`` to ``dest`` (resuming ``dest.part``); returns the file's sha256.
+             timeout: float = TIMEOUT_S) -> Downloaded:
+    """Fetch ``url`` to ``dest`` (resuming ``dest.part``); returns its sha256 and source commit.
 
     Raises OfflineError, ChecksumError or DownloadError with a message meant for a person.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     validator_file = part.with_name(part.name + ".validator")
+    commit_file = part.with_name(part.name + ".commit")
     offset = part.stat().st_size if part.exists() else 0
     if_range = validator_file.read_text().strip() if offset and validator_file.is_file() else ""
+    commit = commit_file.read_text().strip() if offset and commit_file.is_file() else ""
     if offset and not if_range and not (expected.sha256 or expected.md5):
         offset = 0  # nothing tells whether the part is of the same file: fetch it whole
     if expected.size and offset > expected.size:
@@ -178,11 +213,13 @@ def download(url: str, dest: Path, expected: Expected, *, label: str = "",
         offset = 0
     label = label or dest.name
     if offset:
-        stream.write(f"{label}: resuming at {offset / 1e6:.1f} MB\n")
+        stream.write(f"{label}: resuming at {offset / 1e6:.1f} MB"
+                     + (f" from commit {commit[:12]}" if commit else "") + "\n")
     if not (expected.size and offset == expected.size):
-        resp, hops = _open(url, offset, timeout, if_range)
+        resp, hops = _open(at_revision(url, commit), offset, timeout, if_range)
         status = getattr(resp, "status", None) or resp.getcode()
         stated = server_sha256([*hops, resp.headers])
+        commit = server_commit([*hops, resp.headers]) or commit
         if stated and not expected.sha256:
             stream.write(f"{label}: no published checksum; checking against the server's sha256 {stated}\n")
             expected = dataclasses.replace(expected, sha256=stated)
@@ -200,6 +237,10 @@ def download(url: str, dest: Path, expected: Expected, *, label: str = "",
                     validator_file.write_text(validator + "\n")
                 else:
                     validator_file.unlink(missing_ok=True)
+                if commit:
+                    commit_file.write_text(commit + "\n")
+                else:
+                    commit_file.unlink(missing_ok=True)
             length = resp.headers.get("Content-Length")
             total = offset + int(length) if length and length.isdigit() else expected.size
             meter = Progress(label, total, stream, start=offset)
@@ -233,10 +274,13 @@ def download(url: str, dest: Path, expected: Expected, *, label: str = "",
                 raise DownloadError(f"{label}: the server closed the connection at {done} of {total} bytes; "
                                     f"the part is kept in {part}: run the same command again to resume")
     try:
-        return finish(part, dest, expected, label, stream)
+        sha256 = finish(part, dest, expected, label, stream)
+        write_source(dest, url, commit, sha256)
+        return Downloaded(sha256, commit)
     finally:
         if not part.exists():
             validator_file.unlink(missing_ok=True)
+            commit_file.unlink(missing_ok=True)
 
 
 def finish(part: Path, dest: Path, expected: Expected, label: str, stream: TextIO) -> str:
@@ -263,6 +307,21 @@ def finish(part: Path, dest: Path, expected: Expected, label: str, stream: TextI
 def write_sha256(path: Path, sha256: str) -> None:
     """Record ``path``'s sha256 beside it as ``<path>.sha256`` (``sha256sum -c`` format)."""
     path.with_name(path.name + ".sha256").write_text(f"{sha256}  {path.name}\n")
+
+
+def write_source(path: Path, url: str, commit: str, sha256: str) -> None:
+    """Record where ``path`` came from as ``<path>.source``: the URL asked for, the commit served, the sha256."""
+    record = {"url": url, "commit": commit, "sha256": sha256}
+    path.with_name(path.name + ".source").write_text(json.dumps(record) + "\n")
+
+
+def recorded_source(path: Path) -> dict[str, str]:
+    """What ``write_source`` recorded beside ``path`` (empty if nothing or unreadable)."""
+    try:
+        record = json.loads(path.with_name(path.name + ".source").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in record.items() if isinstance(v, str)} if isinstance(record, dict) else {}
 
 
 def recorded_sha256(path: Path) -> Optional[str]:

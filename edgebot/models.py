@@ -6,6 +6,8 @@ rejects a file whose checksum does not match (the published one, else the sha256
 states), and says plainly when the machine is offline. ``$EDGEBOT_MODEL_MIRROR`` (a base URL) makes
 every download come from a local mirror instead (a classroom server), file names unchanged;
 ``$HF_ENDPOINT`` sends the Hugging Face downloads to a Hugging Face mirror (paths unchanged).
+Each download records the Hugging Face commit it came from (``<file>.source``); ``model list`` shows
+it and ``model pull NAME --revision COMMIT`` fetches exactly that revision on the next board.
 Imported only by those subcommands: edgebot-cli's other commands never load it.
 """
 
@@ -14,122 +16,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import zipfile
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
+from edgebot.catalogue import LANGUAGES, Artifact, load_catalogue, source_url
 from edgebot.config import schema
 from edgebot.config.schema import DEFAULT_MODEL, GET_MODEL
-from edgebot.download import (DownloadError, Expected, OfflineError, download, file_sha256,
-                              recorded_sha256, write_sha256)
+from edgebot.download import (DownloadError, Expected, OfflineError, at_revision, download, file_sha256,
+                              recorded_sha256, recorded_source, write_sha256)
 from edgebot.gguf_info import GGUFError, read_gguf
 
 MODELS_DIR = Path(DEFAULT_MODEL).parent  # /var/lib/edgebot/models
 VOICES_DIR = schema.VOICES_DIR  # /var/lib/edgebot/voices
-PIPER_BASE = "https://huggingface.co/rhasspy/piper-voices/resolve/v1.0.0/"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_OFFLINE = 0, 1, 2, 4
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """One downloadable file. ``unpack="zip"`` extracts it into a directory named ``unpacks_to``."""
-
-    name: str
-    kind: str  # "llm" | "stt" | "tts"
-    url: str
-    filename: str
-    size: int = 0  # bytes; 0 = unknown
-    sha256: str = ""
-    md5: str = ""
-    language: str = ""  # "en", "zh"; "" for the LLM
-    unpack: str = ""
-    unpacks_to: str = ""
-    companions: tuple["Artifact", ...] = ()
-    note: str = ""
-    default: bool = False
-
-    @property
-    def installed_name(self) -> str:
-        return self.unpacks_to or self.filename
-
-
-def _piper(name: str, lang: str, path: str, onnx_md5: str, json_md5: str, json_size: int, size: int,
-           default: bool = False) -> Artifact:
-    """A piper voice: the .onnx and its .onnx.json (checksums from piper's voices.json)."""
-    config = Artifact(f"{name}.json", "tts", PIPER_BASE + path + ".json", Path(path).name + ".json",
-                      json_size, md5=json_md5, language=lang)
-    return Artifact(name, "tts", PIPER_BASE + path, Path(path).name, size, md5=onnx_md5, language=lang,
-                    companions=(config,), default=default, note="piper voice (MIT licence)")
-
-
-CATALOGUE: tuple[Artifact, ...] = (
-    # sha256 as published for bartowski's quantization (also pinned by LocalAI's model gallery).
-    Artifact("deepseek-r1-distill-qwen-1.5b-q4_k_m", "llm",
-             "https://huggingface.co/bartowski/DeepSeek-R1-Distill-Qwen-1.5B-GGUF/resolve/main/"
-             "DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf",
-             "DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf", 1117320800,
-             sha256="1741e5b2d062b07acf048bf0d2c514dadf2a48f94e2b4aa0cfe069af3838ee2f",
-             default=True, note="the default model (MIT licence), 1.1 GB"),
-    # ggml-org's Q4_0 of the same model, to compare on a board (board-configs/README.md); no
-    # published checksum: the first download's sha256 is recorded and checked from then on.
-    Artifact("deepseek-r1-distill-qwen-1.5b-q4_0", "llm",
-             "https://huggingface.co/ggml-org/DeepSeek-R1-Distill-Qwen-1.5B-Q4_0-GGUF/resolve/main/"
-             "deepseek-r1-distill-qwen-1.5b-q4_0.gguf", "deepseek-r1-distill-qwen-1.5b-q4_0.gguf",
-             note="Q4_0 variant for speed comparisons on Arm; not the default"),
-    Artifact("vosk-small-en", "stt", "https://alphacephei.com/vosk/models/vosk-model-small-en-us-0.15.zip",
-             "vosk-model-small-en-us-0.15.zip",
-             sha256="30f26242c4eb449f948e42cb302dd7a686cb29a3423a8367f99ff41780942498", language="en",
-             unpack="zip", unpacks_to="vosk-model-small-en-us-0.15", default=True,
-             note="vosk English, small (Apache-2.0)"),
-    Artifact("vosk-small-zh", "stt", "https://alphacephei.com/vosk/models/vosk-model-small-cn-0.22.zip",
-             "vosk-model-small-cn-0.22.zip", language="zh", unpack="zip", unpacks_to="vosk-model-small-cn-0.22",
-             default=True, note="vosk Mandarin, small (Apache-2.0); no published checksum: the sha256 of the "
-                                "first download is recorded and checked from then on"),
-    _piper("piper-en-lessac-medium", "en", "en/en_US/lessac/medium/en_US-lessac-medium.onnx",
-           "2fc642b535197b6305c7c8f92dc8b24f", "46e565a656f76b42b588d822025ed439", 7010, 63201294, default=True),
-    _piper("piper-zh-huayan-medium", "zh", "zh/zh_CN/huayan/medium/zh_CN-huayan-medium.onnx",
-           "40cdb7930ff91b81574d5f0489e076ea", "f1c77a621e220d545042a4c8c2eaae64", 6922, 63201294, default=True),
-    _piper("piper-zh-huayan-x-low", "zh", "zh/zh_CN/huayan/x_low/zh_CN-huayan-x_low.onnx",
-           "2b96570db6becd09814a608c8d14a64f", "9270af91d9b44a35b75cb6ce70dac93e", 5954, 20628813,
-           ),
-)
-LANGUAGES = ("en", "zh")
-
-
-def load_catalogue(path: Optional[str]) -> tuple[Artifact, ...]:
-    """The built-in catalogue, or a JSON list of artifacts (a local mirror, a custom model)."""
-    if not path:
-        return CATALOGUE
-    names = {f.name for f in fields(Artifact)}
-
-    def build(item: dict[str, Any]) -> Artifact:
-        unknown = set(item) - names
-        if unknown:
-            raise ValueError(f"{path}: unknown field(s) {', '.join(sorted(unknown))}")
-        item = dict(item)
-        item["companions"] = tuple(build(c) for c in item.get("companions", ()))
-        return Artifact(**item)
-
-    with open(path, encoding="utf-8") as fh:
-        return tuple(build(i) for i in json.load(fh))
-
-
-HF_HOST = "https://huggingface.co"
-
-
-def source_url(art: Artifact) -> str:
-    """The artifact's URL; the same file name under ``$EDGEBOT_MODEL_MIRROR``; or, for a Hugging Face
-    URL, the same path under ``$HF_ENDPOINT`` (a Hugging Face mirror, as huggingface_hub honours it)."""
-    mirror = os.environ.get("EDGEBOT_MODEL_MIRROR", "").strip()
-    if mirror:
-        return mirror.rstrip("/") + "/" + art.filename
-    endpoint = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
-    if endpoint and art.url.startswith(HF_HOST + "/"):
-        return endpoint + art.url[len(HF_HOST):]
-    return art.url
 
 
 def target_dir(art: Artifact, args: argparse.Namespace) -> Path:
@@ -193,17 +96,24 @@ def pull_one(art: Artifact, args: argparse.Namespace) -> str:
     folder = target_dir(art, args)
     final = folder / art.installed_name
     archive = folder / art.filename
+    revision = getattr(args, "revision", None) or ""
     why = _present(art, final, archive)
+    had = recorded_source(final).get("commit", "")
+    if why and revision and had != revision.lower():
+        why = None
+        print(f"{art.name}: {final} came from commit {had or 'unknown'}, not {revision}: fetching {revision}",
+              file=sys.stderr)
     if why:
-        lines = [f"{art.name}: {why}"]
+        lines = [f"{art.name}: {why}" + (f", commit {had}" if had else "")]
     else:
-        sha256 = download(source_url(art), archive, _expected(art, archive), label=art.name)
+        expected = Expected(art.size, art.sha256, art.md5) if revision else _expected(art, archive)
+        got = download(at_revision(source_url(art), revision), archive, expected, label=art.name)
         if not art.sha256 and not art.md5:
-            print(f"{art.name}: no published checksum; recorded sha256 {sha256} in {archive.name}.sha256",
+            print(f"{art.name}: no published checksum; recorded sha256 {got.sha256} in {archive.name}.sha256",
                   file=sys.stderr)
         if art.unpack == "zip":
-            _unzip(archive, final, sha256)
-        lines = [f"{art.name}: installed {final}"]
+            _unzip(archive, final, got.sha256)
+        lines = [f"{art.name}: installed {final}" + (f" (commit {got.commit})" if got.commit else "")]
     for comp in art.companions:
         lines.append(pull_one(comp, args))
     return "\n".join(lines)
@@ -253,6 +163,14 @@ def cmd_pull(args: argparse.Namespace) -> int:
             arts = [Artifact(args.names[0], "llm", args.url, args.names[0], args.size or 0, sha256=args.sha256 or "")]
         else:
             arts = selected(catalogue, args.names, args.lang)
+        if args.revision and not re.fullmatch(r"[0-9a-fA-F]{40}", args.revision):
+            print(f"edgebot-cli model pull --revision: {args.revision!r} is not a commit id (40 hex digits, "
+                  f"as `edgebot-cli model list` shows after a download)", file=sys.stderr)
+            return EXIT_USAGE
+        if args.revision and (len(arts) != 1 or "/resolve/" not in arts[0].url):
+            print("edgebot-cli model pull --revision COMMIT needs exactly one NAME whose URL is a Hugging Face "
+                  "`resolve/` URL", file=sys.stderr)
+            return EXIT_USAGE
     except (KeyError, ValueError, OSError) as exc:
         print(f"edgebot-cli model pull: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -282,7 +200,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         path = target_dir(art, args) / art.installed_name
         rows.append({"name": art.name, "kind": art.kind, "language": art.language, "path": str(path),
                      "installed": path.exists() and not Path(str(path) + ".part").exists(),
-                     "configured": str(path) in pointed.values(), "note": art.note})
+                     "configured": str(path) in pointed.values(), "note": art.note,
+                     "commit": recorded_source(path).get("commit", "")})
     known = {r["path"] for r in rows}
     for kind, cfg_path in pointed.items():
         if cfg_path not in known:
@@ -294,7 +213,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for r in rows:
         mark = "installed" if r["installed"] else "missing  "
         cfg = " <- config" if r["configured"] else ""
-        print(f"{mark} {r['kind']:3} {r['language'] or '--':2} {r['name']:38} {r['path']}{cfg}")
+        commit = f" @{r['commit'][:12]}" if r.get("commit") else ""
+        print(f"{mark} {r['kind']:3} {r['language'] or '--':2} {r['name']:38} {r['path']}{commit}{cfg}")
     for kind, cfg_path in pointed.items():
         if not Path(cfg_path).exists():
             print(f"edgebot-cli model: the config's {kind} model {cfg_path} is missing; get it with "
@@ -353,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--url", help="download this URL as NAME instead of a catalogue entry")
     pull.add_argument("--sha256", help="with --url: the expected sha256")
     pull.add_argument("--size", type=int, help="with --url: the expected size in bytes")
+    pull.add_argument("--revision", metavar="COMMIT",
+                      help="with one NAME: fetch this Hugging Face commit (as `model list` shows it on a board "
+                           "that has the file) instead of the catalogue's branch")
     lst = msub.add_parser("list", help="show what is installed and what the config points to")
     lst.add_argument("--dir", help="look in this directory instead of /var/lib/edgebot/{models,voices}")
     lst.add_argument("--catalog", help="a JSON catalogue to use instead of the built-in one")

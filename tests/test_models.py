@@ -38,6 +38,8 @@ class FileServer:
         self.ranges: list[tuple[str, str]] = []
         self.if_ranges: list[str] = []
         self.linked_etag: dict[str, str] = {}  # name -> the sha256 /lfs/NAME states
+        self.commits: dict[str, dict[str, bytes]] = {}  # as a Hugging Face repo: commit -> {name: bytes}
+        self.main = ""  # the commit the branch `main` points to
         self.ignore_range = False
         outer = self
 
@@ -57,6 +59,11 @@ class FileServer:
                 outer.ranges.append((name, self.headers.get("Range", "")))
                 outer.if_ranges.append(self.headers.get("If-Range", ""))
                 data = outer.files.get(name)
+                commit = ""
+                if name.startswith("hf/resolve/"):  # hf/resolve/<main|commit>/<file>, as huggingface.co
+                    rev, _, file = name[len("hf/resolve/"):].partition("/")
+                    commit = outer.main if rev == "main" else rev
+                    data = outer.commits.get(commit, {}).get(file)
                 if data is None:
                     self.send_error(404)
                     return
@@ -77,6 +84,8 @@ class FileServer:
                     self.send_response(200)
                 body = data[start:]
                 self.send_header("ETag", etag)
+                if commit:
+                    self.send_header("X-Repo-Commit", commit)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 limit = outer.cut.pop(name, None)
@@ -355,3 +364,53 @@ def test_get_model_script_wraps_model_pull(server: FileServer, tmp_path: Path) -
                        env={**os.environ, "EDGEBOT_CLI": CLI})
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "g.gguf").read_bytes() == PAYLOAD
+
+
+COMMIT_A, COMMIT_B = "a" * 40, "b" * 40
+
+
+def test_a_resume_fetches_the_commit_the_first_part_came_from(server: FileServer, tmp_path: Path) -> None:
+    """The branch moves between the two halves: the rest comes from the first half's commit, not the new one."""
+    old, new = PAYLOAD, os.urandom(len(PAYLOAD))
+    server.commits = {COMMIT_A: {"m.gguf": old}, COMMIT_B: {"m.gguf": new}}
+    server.main = COMMIT_A
+    server.cut["hf/resolve/main/m.gguf"] = 1_500_000
+    args = ("model", "pull", "--url", f"{server.url}/hf/resolve/main/m.gguf", "--dir", str(tmp_path), "m.gguf")
+    assert cli(*args).returncode == 1
+    assert (tmp_path / "m.gguf.part.commit").read_text().strip() == COMMIT_A
+    server.main = COMMIT_B  # a new upload on the branch
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert f"from commit {COMMIT_A[:12]}" in r.stderr and f"(commit {COMMIT_A})" in r.stdout
+    assert server.ranges[-1] == (f"hf/resolve/{COMMIT_A}/m.gguf", "bytes=1500000-")
+    assert (tmp_path / "m.gguf").read_bytes() == old
+    source = json.loads((tmp_path / "m.gguf.source").read_text())
+    assert source["commit"] == COMMIT_A and source["sha256"] == SHA
+    assert not (tmp_path / "m.gguf.part.commit").exists()
+
+
+def test_list_shows_the_commit_and_revision_pins_another_board(server: FileServer, tmp_path: Path) -> None:
+    """A teacher reads the commit on one board (`model list`) and pulls exactly it on the next."""
+    old, new = PAYLOAD, os.urandom(len(PAYLOAD))
+    server.commits = {COMMIT_A: {"m.gguf": old}, COMMIT_B: {"m.gguf": new}}
+    server.main = COMMIT_A
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps([{"name": "m", "kind": "llm", "url": f"{server.url}/hf/resolve/main/m.gguf",
+                                    "filename": "m.gguf", "default": True}]))
+    board1, board2 = tmp_path / "board1", tmp_path / "board2"
+    assert cli("model", "pull", "--catalog", str(catalog), "--dir", str(board1), "m").returncode == 0
+    listed = cli("model", "list", "--catalog", str(catalog), "--dir", str(board1), "--json")
+    assert json.loads(listed.stdout)[0]["commit"] == COMMIT_A
+    assert f"@{COMMIT_A[:12]}" in cli("model", "list", "--catalog", str(catalog), "--dir", str(board1)).stdout
+    server.main = COMMIT_B
+    r = cli("model", "pull", "--catalog", str(catalog), "--dir", str(board2), "m", "--revision", COMMIT_A)
+    assert r.returncode == 0, r.stderr
+    assert (board2 / "m.gguf").read_bytes() == old and server.ranges[-1][0] == f"hf/resolve/{COMMIT_A}/m.gguf"
+    # the board that has commit A, asked for B: fetched again, and the file's recorded sha256 is not held against it
+    r = cli("model", "pull", "--catalog", str(catalog), "--dir", str(board1), "m", "--revision", COMMIT_B)
+    assert r.returncode == 0 and f"came from commit {COMMIT_A}, not {COMMIT_B}" in r.stderr, r.stderr
+    assert (board1 / "m.gguf").read_bytes() == new
+    bad = cli("model", "pull", "--catalog", str(catalog), "--dir", str(board2), "m", "--revision", "main")
+    assert bad.returncode == 2 and "is not a commit id" in bad.stderr
+    two = cli("model", "pull", "--revision", COMMIT_A, "--dir", str(board2))
+    assert two.returncode == 2 and "needs exactly one NAME" in two.stderr
