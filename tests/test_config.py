@@ -9,7 +9,8 @@ import pytest
 
 from edgebot.config import ConfigError, load_config
 from edgebot.config.loader import board_file
-from edgebot.config.schema import KEYS, render_markdown
+from edgebot.config.reference import render_markdown
+from edgebot.config.schema import KEYS
 
 from conftest import EDGEBOTD, REPO
 
@@ -87,7 +88,7 @@ def test_every_board_profile_validates_and_sets_the_essentials(board: str) -> No
 
 def test_docs_reference_every_key() -> None:
     doc = (REPO / "docs" / "configuration.md").read_text()
-    assert render_markdown() in doc, "run: python -m edgebot.config.schema --update docs/configuration.md"
+    assert render_markdown() in doc, "run: python -m edgebot.config.reference --update docs/configuration.md"
     assert all(f"`{k.env_name}`" in doc for k in KEYS)
 
 

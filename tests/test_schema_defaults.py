@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgebot.bridges.serial.bridge import PortSettings
+from edgebot.bridges.serial.settings import PortSettings
 from edgebot.bus.hub import Limits
 from edgebot.config.schema import KEYS, default
 from edgebot.engine.backend import SamplingParams

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgebot.bridges.serial.bridge import PortSettings, select_entry
+from edgebot.bridges.serial.settings import PortSettings, select_entry
 from edgebot.config import ConfigError, load_config
 
 from conftest import BIN
