@@ -53,6 +53,15 @@ class AskSpec:
     stop: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Collected:
+    """A whole answer read by :meth:`AskStream.collect`: answer text, thinking text, and how it ended."""
+
+    answer: str
+    thinking: str
+    ended: JobEnded
+
+
 class AskStream:
     """The events of one submitted job, in order, ending with its ``JobEnded``.
 
@@ -97,6 +106,17 @@ class AskStream:
         except asyncio.CancelledError:
             self.close("its reader was cancelled")
             raise
+
+    async def collect(self) -> "Collected":
+        """Read the whole answer (for a door that replies in one piece): its text, thinking and end."""
+        answer: list[str] = []
+        thinking: list[str] = []
+        while True:
+            ev = await self.next()
+            if isinstance(ev, JobDelta):
+                (thinking if ev.think else answer).append(ev.text)
+            elif isinstance(ev, JobEnded):
+                return Collected("".join(answer), "".join(thinking), ev)
 
     def pending(self) -> bool:
         """True when ``next()`` would return at once (events are waiting)."""

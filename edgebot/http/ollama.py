@@ -28,6 +28,7 @@ from edgebot.http import tools as fc
 from edgebot.http.chat import ApiError, bad
 
 if TYPE_CHECKING:
+    from edgebot.asks import AskStream
     from edgebot.http.server import HttpApi
 
 log = logging.getLogger(__name__)
@@ -269,20 +270,16 @@ class OllamaApi:
             return {**head, "message": message, "done": False}
         return {**head, "response": text, **({"thinking": thinking} if thinking else {}), "done": False}
 
-    async def _collect(self, kind: str, stream: Any, started: float, calls: Optional[fc.CallStream]) -> web.Response:
-        answer: list[str] = []
-        thinking: list[str] = []
-        while True:
-            ev = await stream.next()
-            if isinstance(ev, JobDelta):
-                (thinking if ev.think else answer).append(ev.text)
-            elif isinstance(ev, JobEnded):
-                if ev.reason not in ("stop", "length"):
-                    raise self.api.ended_error(ev)
-                piece = self._piece(kind, "".join(answer), "".join(thinking))
-                if calls is not None and kind == "chat":
-                    piece["message"].update(fc.ollama_message("".join(answer)))
-                return web.json_response({**piece, **done_fields(ev.stats, started, ev.reason)})
+    async def _collect(self, kind: str, stream: "AskStream", started: float,
+                       calls: Optional[fc.CallStream]) -> web.Response:
+        got = await stream.collect()
+        ev = got.ended
+        if ev.reason not in ("stop", "length"):
+            raise self.api.ended_error(ev)
+        piece = self._piece(kind, got.answer, got.thinking)
+        if calls is not None and kind == "chat":
+            piece["message"].update(fc.ollama_message(got.answer))
+        return web.json_response({**piece, **done_fields(ev.stats, started, ev.reason)})
 
     async def _stream(self, request: web.Request, kind: str, stream: Any, started: float,
                       calls: Optional[fc.CallStream]) -> web.StreamResponse:

@@ -334,21 +334,15 @@ class HttpApi:
                        history=req.history, sampling=req.overrides() or None, stop=req.stop)
 
     async def _collect(self, stream: AskStream, tools: bool = False) -> web.Response:
-        job = stream.job
-        answer: list[str] = []
-        thinking: list[str] = []
-        while True:
-            ev = await stream.next()
-            if isinstance(ev, JobDelta):
-                (thinking if ev.think else answer).append(ev.text)
-            elif isinstance(ev, JobEnded):
-                if ev.reason not in FINISH:
-                    raise _ended_error(ev)
-                body = completion(job.id, int(time.time()), self.model_id, "".join(answer), "".join(thinking),
-                                  FINISH[ev.reason], ev.stats)
-                if tools:
-                    fc.shape_completion(body, "".join(answer))
-                return _json(200, body)
+        got = await stream.collect()
+        ev = got.ended
+        if ev.reason not in FINISH:
+            raise _ended_error(ev)
+        body = completion(stream.job.id, int(time.time()), self.model_id, got.answer, got.thinking,
+                          FINISH[ev.reason], ev.stats)
+        if tools:
+            fc.shape_completion(body, got.answer)
+        return _json(200, body)
 
     async def _stream(self, request: web.Request, req: ChatRequest, stream: AskStream) -> web.StreamResponse:
         """Send the answer as server-sent events (the job has started)."""
