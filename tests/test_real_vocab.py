@@ -96,3 +96,25 @@ def test_small_file_and_clear_errors(real_script_model: Path, qwen2_vocab: Path,
     special = Script(think=("Okay",), close=("</", "think", ">\n\n"), answer=(EOT_TEXT,))
     with pytest.raises(ValueError, match="not one normal token"):
         write_script_model(tmp_path / "bad.gguf", special, vocab=vocab)
+
+
+def test_an_answer_with_characters_split_across_tokens_is_reused_as_generated(real_script_model: Path) -> None:
+    """Qwen's byte-level BPE spells an emoji or a rare CJK character in two or three tokens, none of them
+    text alone. The answer's tokens must still be offered for the next prompt (else the history's answer
+    is tokenized again and read again), with the text decoded from all the bytes together."""
+    from edgebot.engine.backend import GenerationResult
+    from edgebot.engine.backends.llama import LlamaBackend
+
+    backend = LlamaBackend(str(real_script_model), n_ctx=256)
+    backend.load()
+    try:
+        text = "Sure 😁 我想在apple工作 🦙!"
+        tokens = backend.tokenize_text(text)
+        assert {26525, 223} <= set(tokens)  # 😁 is two tokens (llama.cpp's own Qwen2 reference)
+        blank = backend.tokenize_text("\n\n")
+        result = GenerationResult(reason="stop")
+        backend._answer_tokens(result, blank + tokens + blank)
+        assert result.answer_tokens == tuple(tokens)
+        assert result.answer_text == text
+    finally:
+        backend.close()

@@ -367,13 +367,17 @@ class LlamaBackend(Backend):
         """Offer the answer's generated tokens for the next prompt (none that is a control token)."""
         assert self._llm is not None
         special = set(self._special.values())
-        texts = [token_piece(self._llm.vocab, t).decode("utf-8", "replace") for t in tokens]
-        while texts and not texts[0].strip():
-            tokens, texts = tokens[1:], texts[1:]
-        while texts and not texts[-1].strip():
-            tokens, texts = tokens[:-1], texts[:-1]
+        pieces = [token_piece(self._llm.vocab, t) for t in tokens]
+        # whitespace-only tokens at either end are dropped (the history's answer is stripped); a token
+        # holding part of a character (Qwen's byte-level BPE splits rare CJK characters) is never blank,
+        # and the bytes are decoded together, so such a character is whole here as in the streamed text
+        while pieces and not pieces[0].decode("utf-8", "replace").strip():
+            tokens, pieces = tokens[1:], pieces[1:]
+        while pieces and not pieces[-1].decode("utf-8", "replace").strip():
+            tokens, pieces = tokens[:-1], pieces[:-1]
         if tokens and not special.intersection(tokens):
-            result.answer_tokens, result.answer_text = tuple(tokens), "".join(texts)
+            result.answer_tokens = tuple(tokens)
+            result.answer_text = b"".join(pieces).decode("utf-8", "replace")
 
     def generate(self, prompt: PreparedPrompt, params: SamplingParams, max_tokens: int,
                  cancel: threading.Event, on_piece: PieceCallback) -> GenerationResult:
