@@ -88,7 +88,8 @@ def server_binary() -> str:
 def load_raw(args: argparse.Namespace):
     from raw_batched import RawModel
 
-    return RawModel.load(args.model, n_ctx=4096, threads=args.threads, n_batch=args.batch, n_seq_max=4)
+    return RawModel.load(args.model, n_ctx=4096 if args.raw_kv == "shared" else 4 * 4096, threads=args.threads,
+                         n_batch=args.batch, n_seq_max=4, unified=args.raw_kv == "shared")
 
 
 def prompt_text(q: str) -> str:
@@ -170,7 +171,7 @@ def cmd_askers(args: argparse.Namespace) -> None:
         rm.close()
     step1 = 1 / med(raw[1])
     print(f"\n{args.target}, {args.threads} threads, {args.tokens} tokens an answer, {args.runs} runs (medians), "
-          f"{'raw loaded first' if args.raw_first else f'{args.target} loaded first'}")
+          f"{'raw loaded first' if args.raw_first else f'{args.target} loaded first'}, raw KV {args.raw_kv}")
     print(f"| askers | raw llama.cpp, N seqs per llama_decode | {args.target} overall | ratio | all streaming | "
           f"ratio | vs 1 asker | TTFT median / max | raw prompt + 4 steps |\n|---|---|---|---|---|---|---|---|---|")
     one = med(g[0] for g in got[1])
@@ -316,6 +317,9 @@ def main() -> int:
     ap.add_argument("--omp-wait", choices=["passive", "active", "default"], default="passive",
                     help="OMP_WAIT_POLICY for every side (raw, edgebotd, llama-server); see docs/benchmarks.md")
     ap.add_argument("--daemon-config", default="", help="extra TOML for edgebotd, e.g. '[engine]\\nparallel = 4'")
+    ap.add_argument("--raw-kv", choices=("per-sequence", "shared"), default="per-sequence",
+                    help="raw llama.cpp's KV layout: split between the sequences (kv_unified false, as llama-server; "
+                         "the faster here) or one shared cache (as edgebotd without [engine] kv_per_sequence)")
     ap.add_argument("--server-args", default="", help="extra llama-server arguments, e.g. '--cache-reuse 256'")
     args = ap.parse_args()
     if args.omp_wait != "default":  # before llama.cpp (and its OpenMP runtime) is loaded; children inherit it

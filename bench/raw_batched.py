@@ -2,8 +2,10 @@
 
 The baseline for issue 14's continuous batching: what llama.cpp itself gives on this machine when
 1, 2 or 4 sequences share one ``llama_decode`` (one token of each per call), with one sampler chain
-per sequence (top-k 40, top-p 0.95, temperature 0.6), one unified KV cache, the same threads and
-batch size as edgebotd, flash attention off (as edgebotd's ``Llama``). Also the KV-cache bytes a
+per sequence (top-k 40, top-p 0.95, temperature 0.6), the same threads and batch size as edgebotd,
+flash attention off (as edgebotd's ``Llama``). The KV cache is split between the sequences
+(``kv_unified`` false, llama-server's layout), the faster of llama.cpp's two layouts for batched
+decode here (docs/benchmarks.md); ``unified=True`` gives the shared one. Also the KV-cache bytes a
 sequence holds (``llama_state_seq_get_size``).
 """
 
@@ -31,7 +33,9 @@ class RawModel:
     batch: llama_cpp.llama_batch
 
     @classmethod
-    def load(cls, path: str, n_ctx: int, threads: int, n_batch: int, n_seq_max: int = 4) -> "RawModel":
+    def load(cls, path: str, n_ctx: int, threads: int, n_batch: int, n_seq_max: int = 4,
+             unified: bool = False) -> "RawModel":
+        """``n_ctx``: the whole cache (tokens); split evenly between the sequences unless ``unified``."""
         llama_cpp.llama_log_set(_QUIET, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
         mp = llama_cpp.llama_model_default_params()
@@ -41,7 +45,7 @@ class RawModel:
         cp = llama_cpp.llama_context_default_params()
         cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, n_batch, n_batch, n_seq_max
         cp.n_threads = cp.n_threads_batch = threads
-        cp.kv_unified = True
+        cp.kv_unified = unified
         cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         ctx = llama_cpp.llama_init_from_model(model, cp)
         if not ctx:

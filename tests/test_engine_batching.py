@@ -75,9 +75,10 @@ class Recorder:
         return next(n for n, _, ev in self.events[job_id] if isinstance(ev, kind))
 
 
-def start_engine(model: Path, parallel: int, **kw: Any) -> Engine:
+def start_engine(model: Path, parallel: int, per_sequence: bool = False, **kw: Any) -> Engine:
     states: queue.Queue = queue.Queue()
-    engine = Engine(LlamaBackend(str(model), n_ctx=1024, sequences=4 + parallel, kv_tokens=4096),
+    engine = Engine(LlamaBackend(str(model), n_ctx=1024, sequences=4 + parallel, kv_tokens=1024 * (4 + parallel),
+                                 kv_per_sequence=per_sequence),
                     EngineSettings(parallel=parallel, **kw), on_state=lambda s, m: states.put(s))
     engine.start()
     assert states.get(timeout=30) == "loading" and states.get(timeout=30) == "ready"
@@ -99,9 +100,12 @@ def expected(budget: int) -> tuple[str, str]:
     return "".join(DEFAULT_SCRIPT.think[:budget]) + "\n", "".join(SHORT)
 
 
+@pytest.mark.parametrize("per_sequence", [False, True], ids=["shared KV", "KV per sequence"])
 @pytest.mark.parametrize("budgets", [(2, 1000), (0, 2, 5, 1000)], ids=["2 askers", "4 askers"])
-def test_concurrent_askers_each_get_their_own_answer_interleaved(branching_model: Path, budgets: tuple) -> None:
-    engine = start_engine(branching_model, parallel=len(budgets))
+def test_concurrent_askers_each_get_their_own_answer_interleaved(branching_model: Path, budgets: tuple,
+                                                                 per_sequence: bool) -> None:
+    engine = start_engine(branching_model, parallel=len(budgets), per_sequence=per_sequence)
+    assert engine.backend.kv_status()["layout"] == ("per-sequence" if per_sequence else "shared")
     rec = Recorder()
     try:
         with engine._cond:  # all queued before the worker can take the first

@@ -25,9 +25,11 @@ ANSWER = DEFAULT_SCRIPT.answer_text
 class Running:
     """An engine on the script model, with helpers that wait on events (never on time)."""
 
-    def __init__(self, model: Path, n_ctx: int = 1024, **settings: Any) -> None:
+    def __init__(self, model: Path, n_ctx: int = 1024, kv_tokens: int = 0, per_sequence: bool = False,
+                 **settings: Any) -> None:
         states: queue.Queue = queue.Queue()
-        self.backend = LlamaBackend(str(model), n_ctx=n_ctx, sequences=4)
+        self.backend = LlamaBackend(str(model), n_ctx=n_ctx, sequences=4, kv_tokens=kv_tokens,
+                                    kv_per_sequence=per_sequence)
         self.engine = Engine(self.backend, EngineSettings(**settings), on_state=lambda s, m: states.put(s))
         self.engine.start()
         assert states.get(timeout=30) == "loading" and states.get(timeout=30) == "ready"
@@ -59,9 +61,9 @@ def evaluated(end: JobEnded) -> int:
     return end.stats["prompt_tokens"] - end.stats["cached_tokens"]
 
 
-@pytest.fixture
-def running(script_model: Path) -> Iterator[Running]:
-    r = Running(script_model)
+@pytest.fixture(params=[False, True], ids=["shared KV", "KV per sequence"])
+def running(script_model: Path, request: pytest.FixtureRequest) -> Iterator[Running]:
+    r = Running(script_model, kv_tokens=4096, per_sequence=request.param)
     yield r
     r.close()
 
@@ -101,9 +103,14 @@ def test_a_follow_up_before_the_rebase_does_not_read_the_previous_answer(running
     assert end2.stats["cached_tokens"] == end1.stats["prompt_tokens"] - 2 + len(DEFAULT_SCRIPT.answer)
 
 
-def test_a_long_session_shifts_old_turns_out_and_keeps_answering(script_model: Path) -> None:
-    r = Running(script_model, n_ctx=256, answer_reserve=48)
+@pytest.mark.parametrize("per_sequence", [False, True], ids=["shared KV", "KV per sequence"])
+def test_a_long_session_shifts_old_turns_out_and_keeps_answering(script_model: Path, per_sequence: bool) -> None:
+    # per sequence: n_ctx 1024 asked for, but each of the 4 sequences holds 256 of the 1024 cells, so the
+    # conversation is limited to 256 tokens, as with n_ctx 256 and a shared cache
+    r = Running(script_model, n_ctx=1024 if per_sequence else 256, kv_tokens=1024 if per_sequence else 0,
+                per_sequence=per_sequence, answer_reserve=48)
     try:
+        assert r.backend.info().n_ctx == 256
         counts = []
         for turn in range(40):
             text, end = r.ask(f"L{turn}", f"Tell me about the number {turn % 10} please.", session="cli:long")

@@ -130,6 +130,10 @@ KEYS: tuple[Key, ...] = (
     Key("engine", "kv_tokens", "int", 0, "Size of the KV cache shared by all sequences (at least [llm] n_ctx; "
         "0 = [llm] n_ctx). DeepSeek-R1-Distill-Qwen-1.5B needs 28 KiB per token. When a prompt needs room, idle "
         "sequences are dropped, least recently used first.", "tokens", 0, 1 << 20),
+    Key("engine", "kv_per_sequence", "bool", False, "Split the KV cache evenly between the sequences "
+        "(sequences + parallel), as llama-server --parallel does, instead of sharing it: answers decoded together "
+        "run 1.2-1.3x faster (docs/benchmarks.md), but a conversation holds at most kv_tokens / (sequences + "
+        "parallel) tokens ([llm] n_ctx is lowered to that) and dropping an idle sequence frees no room."),
     Key("engine", "parallel", "int", 1, "Answers decoded together, one token of each per llama_decode "
         "(continuous batching); 1 = one answer at a time. Backends that cannot batch (rkllm, remote) use 1.",
         "answers", 1, 16),

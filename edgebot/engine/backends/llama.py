@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 __all__ = ["GRAMMAR_STEP_S", "LlamaBackend", "check_model_file", "load_progress", "token_piece"]
 
 FAULT_STALL_ENV = "EDGEBOT_FAULT_STALL_GENERATE"
+KV_PAD = 256
+"""llama.cpp rounds each sequence's share of a split KV cache up to a multiple of this (tokens)."""
 """Fault-injection hook for tests/hostile: set to 1, every answer blocks forever in ``generate``
 (never yields a token, never checks cancel), to prove the watchdog ping stops. Off unless set."""
 
@@ -104,9 +106,13 @@ class LlamaBackend(Backend):
     max_parallel = 64  # answers this backend can decode together (the engine asks for [engine] parallel)
 
     def __init__(self, model_path: str, *, n_ctx: int = 4096, n_threads: int = 0, n_batch: int = 256,
-                 use_mmap: bool = True, use_mlock: bool = False, sequences: int = 4, kv_tokens: int = 0) -> None:
+                 use_mmap: bool = True, use_mlock: bool = False, sequences: int = 4, kv_tokens: int = 0,
+                 kv_per_sequence: bool = False) -> None:
         """``n_ctx``: most tokens of one conversation; ``kv_tokens``: the KV cache shared by all
-        ``sequences`` (conversations kept warm), at least ``n_ctx`` (0 = ``n_ctx``)."""
+        ``sequences`` (conversations kept warm), at least ``n_ctx`` (0 = ``n_ctx``).
+        ``kv_per_sequence``: split the cache evenly between the sequences (llama.cpp's non-unified
+        KV, as ``llama-server --parallel``): several answers decode together faster, but a
+        conversation holds at most its share (``n_ctx`` is lowered to it when larger)."""
         self.model_path = model_path
         self.n_ctx = n_ctx
         self.n_threads = n_threads or len(os.sched_getaffinity(0))
@@ -115,6 +121,16 @@ class LlamaBackend(Backend):
         self.use_mlock = use_mlock
         self.sequences = max(1, sequences)
         self.kv_tokens = max(n_ctx, kv_tokens)
+        self.per_sequence = kv_per_sequence and self.sequences > 1
+        if self.per_sequence:
+            share = max(KV_PAD, self.kv_tokens // self.sequences // KV_PAD * KV_PAD)  # llama.cpp pads to 256
+            if share < n_ctx:
+                log.warning("[engine] kv_per_sequence: each of %d sequences holds %d tokens of the %d-token KV "
+                            "cache, so a conversation is limited to %d tokens ([llm] n_ctx %d); raise "
+                            "[engine] kv_tokens to %d for the whole context", self.sequences, share,
+                            self.kv_tokens, share, n_ctx, n_ctx * self.sequences)
+                self.n_ctx = share
+            self.kv_tokens = share * self.sequences
         self._llm: Any = None  # llama_cpp's LlamaModel once loaded (tokenize/detokenize)
         self._ctx: Any = None
         self.pool: Optional[SeqPool] = None
@@ -147,7 +163,9 @@ class LlamaBackend(Backend):
         cparams.n_ubatch = min(cparams.n_batch, 512)
         cparams.n_threads = cparams.n_threads_batch = self.n_threads
         cparams.n_seq_max = self.sequences
-        cparams.kv_unified = True  # one pool of cells for every sequence, each may use up to n_ctx of them
+        # unified: one pool of cells for every sequence, each may use up to n_ctx of them; else each
+        # sequence its own kv_tokens / sequences cells (llama.cpp's streams: batched decode is faster)
+        cparams.kv_unified = not self.per_sequence
         cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as llama_cpp.Llama's default
         try:
             with load_progress(self):
@@ -159,7 +177,7 @@ class LlamaBackend(Backend):
             raise ModelError(f"model file {self.model_path} could not be loaded by llama.cpp ({exc}); "
                              f"it may be truncated, corrupt or of an unsupported architecture. {GET_MODEL}") from None
         self._llm, self._ctx = model, ctx
-        self.pool = SeqPool(ctx, self.sequences, self.kv_tokens)
+        self.pool = SeqPool(ctx, self.sequences, self.kv_tokens, per_sequence=self.per_sequence)
         self.batcher = Batcher(ctx, model, self.pool, cparams.n_batch, self.n_ctx)
         wanted = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
         for tok in range(model.n_vocab()):
@@ -172,9 +190,9 @@ class LlamaBackend(Backend):
         self._template = model.metadata().get("tokenizer.chat_template")
         self._bos_text = model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else ""
         self._eos_text = model.token_get_text(model.token_eos()) if model.token_eos() >= 0 else ""
-        log.info("loaded %s: n_ctx=%d threads=%d batch=%d, KV cache %d tokens for %d sequences, %d special tokens",
-                 self.model_path, self.n_ctx, self.n_threads, self.n_batch, self.kv_tokens, self.sequences,
-                 len(self._special))
+        log.info("loaded %s: n_ctx=%d threads=%d batch=%d, KV cache %d tokens for %d sequences (%s), %d special "
+                 "tokens", self.model_path, self.n_ctx, self.n_threads, self.n_batch, self.kv_tokens, self.sequences,
+                 "split evenly" if self.per_sequence else "shared", len(self._special))
 
     def info(self) -> BackendInfo:
         return BackendInfo(name="llama.cpp", model=self.model_path, n_ctx=self.n_ctx)
@@ -200,8 +218,9 @@ class LlamaBackend(Backend):
         pool = self.pool
         if pool is None:
             return {}
-        return {"cells": pool.cells, "used": sum(len(s.tokens) for s in pool.seqs), "sequences": pool.snapshot(),
-                "evictions": pool.evictions, "shifted_tokens": pool.shifted}
+        return {"cells": pool.cells * (len(pool.seqs) if pool.per_sequence else 1), "used": sum(len(s.tokens) for s in pool.seqs), "sequences": pool.snapshot(),
+                "evictions": pool.evictions, "shifted_tokens": pool.shifted,
+                "layout": "per-sequence" if pool.per_sequence else "shared"}
 
     # -- prompts -----------------------------------------------------------------------------
 

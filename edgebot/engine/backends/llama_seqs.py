@@ -8,6 +8,10 @@ comes back. Every sequence's tokens sit at positions ``0 … len - 1``: removing
 that no longer fit, or the thinking of the last answer) shifts what follows down with
 ``llama_memory_seq_add``, as llama-server's context shift does, so nothing is re-read.
 
+With ``[engine] kv_per_sequence`` the cache is split evenly instead (llama.cpp's non-unified KV,
+one stream per sequence, as ``llama-server --parallel``): each sequence has ``cells`` of its own,
+so dropping another sequence never makes room, and a conversation is trimmed to fit its share.
+
 Runs only on the engine thread.
 """
 
@@ -43,14 +47,16 @@ class Seq:
 class SeqPool:
     """The sequences of one llama.cpp context and the cells they use."""
 
-    def __init__(self, ctx: Any, n_seq: int, cells: int) -> None:
+    def __init__(self, ctx: Any, n_seq: int, cells: int, per_sequence: bool = False) -> None:
+        """``cells``: tokens the KV cache holds in all (shared), or each sequence's share (``per_sequence``)."""
         import llama_cpp
 
         self._ll = llama_cpp
         self.ctx = ctx
         self.mem = llama_cpp.llama_get_memory(ctx.ctx)
         self.seqs = [Seq(i) for i in range(n_seq)]
-        self.cells = cells
+        self.per_sequence = per_sequence
+        self.cells = cells // n_seq if per_sequence else cells
         self.evictions = 0  # sequences dropped for room (status)
         self.shifted = 0  # tokens removed from the middle of a sequence by shifting
 
@@ -103,7 +109,10 @@ class SeqPool:
         seq.busy, seq.last_used = False, time.monotonic()
 
     def evict_one(self, keep: Optional[Seq] = None) -> bool:
-        """Drop the idle sequence to lose first (anonymous before sessions, then least recently used)."""
+        """Drop the idle sequence to lose first (anonymous before sessions, then least recently used);
+        False when none can go or, with a split cache, when that would free no room for others."""
+        if self.per_sequence:
+            return False
         victims = [s for s in self.seqs if not s.busy and s is not keep and s.tokens]
         if not victims:
             return False
@@ -116,6 +125,8 @@ class SeqPool:
 
     def make_room(self, need: int, keep: Optional[Seq] = None) -> bool:
         """Drop idle sequences until ``need`` more cells fit; False when even that is not enough."""
+        if self.per_sequence:
+            return keep is None or len(keep.tokens) + need <= self.cells
         while self.used() + need > self.cells and self.evict_one(keep):
             pass
         return self.used() + need <= self.cells
