@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -17,7 +18,7 @@ import pytest
 from edgebot.engine.backends.llama import LlamaBackend
 from edgebot.engine.jobs import EngineSettings, Job, JobDelta, JobEnded
 from edgebot.engine.scheduler import Engine
-from edgebot.testing.script_model import DEFAULT_SCRIPT
+from edgebot.testing.script_model import DEFAULT_SCRIPT, write_script_model
 
 ANSWER = DEFAULT_SCRIPT.answer_text
 
@@ -122,5 +123,20 @@ def test_a_long_session_shifts_old_turns_out_and_keeps_answering(script_model: P
         # ... out of the KV cache by shifting: no turn re-read its history, each read about its question
         assert max(counts[1:]) <= counts[0], counts
         assert r.backend.kv_status()["shifted_tokens"] > 0
+    finally:
+        r.close()
+
+
+def test_an_answer_whose_tokens_carry_whitespace_is_not_read_again(tmp_path: Path) -> None:
+    """An answer starting with " Sure" and ending in a token like ".\n\n" (the history keeps it stripped):
+    the follow-up still reuses the generated tokens, so it reads only its own question."""
+    script = replace(DEFAULT_SCRIPT, answer=(" Sure", ",", " it", " is", " 4.\n\n"))
+    r = Running(write_script_model(tmp_path / "ws.gguf", script))
+    try:
+        _, end1 = r.ask("w1", "Question one?", session="cli:ws")
+        _, end2 = r.ask("w2", "Question two?", session="cli:ws")
+        assert end1.reason == end2.reason == "stop"
+        # the end-of-turn token and the new question, as for the plain script (first prompt: same length)
+        assert evaluated(end2) <= end1.stats["prompt_tokens"], (end1.stats, end2.stats)
     finally:
         r.close()

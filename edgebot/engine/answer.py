@@ -151,7 +151,10 @@ class Answer:
         if result.reason in ("stop", "length") and self.session is not None and self.text:
             with engine._cond:
                 text = "".join(self.text).strip()
-                tokens = result.answer_tokens if result.answer_tokens and result.answer_text == text else None
+                # the generated tokens stand for the stripped text when they spell it (a last token such
+                # as ".\n\n" carries whitespace the text lost): the sequence holds them, so they are reused
+                same = result.answer_tokens and result.answer_text.strip() == text
+                tokens = result.answer_tokens if same else None
                 self.session.turns.append(Turn(job.text, text, tokens))
                 engine._rebase = self.session.name
         if stats.get("tokens_per_s"):
