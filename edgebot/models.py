@@ -213,7 +213,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for r in rows:
         mark = "installed" if r["installed"] else "missing  "
         cfg = " <- config" if r["configured"] else ""
-        commit = f" @{r['commit'][:12]}" if r.get("commit") else ""
+        commit = str(r.get("commit") or "")
+        commit = f" @{commit[:12]}" if commit else ""
         print(f"{mark} {r['kind']:3} {r['language'] or '--':2} {r['name']:38} {r['path']}{commit}{cfg}")
     for kind, cfg_path in pointed.items():
         if not Path(cfg_path).exists():
