@@ -2,7 +2,8 @@
 no console errors, the exact scripted answer streamed with the thinking collapsed, Markdown with
 maths and highlighted code, follow-ups reusing the KV cache, conversations kept on the board,
 Stop cancelling on the daemon, an HTML/JS answer that runs nothing, the token prompt beyond
-loopback, the kiosk layout at 800x480 and the Chinese UI. Screenshots go to docs/.
+loopback, the kiosk layout at 800x480 and the Chinese UI. Screenshots go to docs/ with
+EDGEBOT_SCREENSHOTS=1 (so a test run does not rewrite them), else to pytest's temporary folder.
 
 Browser runs are few and targeted (the machine is small): one Chromium per module plus one for zh.
 """
@@ -32,6 +33,11 @@ if missing():
 
 TOKEN = "panel-test-token"
 DOCS = REPO / "docs"
+
+
+def screenshot_path(name: str, tmp: Path) -> str:
+    """Where a screenshot goes: docs/ when asked for (``EDGEBOT_SCREENSHOTS=1``), else ``tmp``."""
+    return str((DOCS if os.environ.get("EDGEBOT_SCREENSHOTS") == "1" else tmp) / name)
 
 RICH = Script(
     think=("The user", " wants", " the system", " solved", " and some", " code."),
@@ -132,7 +138,7 @@ def test_page_loads_clean_and_streams_the_scripted_answer(browser: Browser, rich
     assert [e for e in browser.console() if e["level"] == "SEVERE"] == []
 
 
-def test_follow_up_reuses_the_cache(browser: Browser, rich: tuple[Daemon, str]) -> None:
+def test_follow_up_reuses_the_cache(browser: Browser, rich: tuple[Daemon, str], tmp_path: Path) -> None:
     d, base = rich
     ready(browser, base + "/")
     browser.driver.find_element("id", "new").click()
@@ -148,7 +154,7 @@ def test_follow_up_reuses_the_cache(browser: Browser, rich: tuple[Daemon, str]) 
     assert second["prompt_tokens"] - second["cached_tokens"] == first["prompt_tokens"] - 1
     sessions = {s["name"]: s for s in json.loads(d.cli("status", "--json").stdout)["data"]["sessions"]}
     assert sessions[f"panel:{conv['id']}"]["turns"] == 2
-    browser.driver.save_screenshot(str(DOCS / "panel.png"))
+    browser.driver.save_screenshot(screenshot_path("panel.png", tmp_path))
 
 
 def test_conversations_are_kept_reopened_and_deleted(browser: Browser, rich: tuple[Daemon, str]) -> None:
@@ -195,7 +201,7 @@ def test_voice_line_push_to_talk_and_say_aloud(browser: Browser, rich: tuple[Dae
     bridges.close()
 
 
-def test_kiosk_fits_800x480(browser: Browser, rich: tuple[Daemon, str]) -> None:
+def test_kiosk_fits_800x480(browser: Browser, rich: tuple[Daemon, str], tmp_path: Path) -> None:
     d, base = rich
     browser.viewport(800, 480)
     try:
@@ -217,7 +223,7 @@ def test_kiosk_fits_800x480(browser: Browser, rich: tuple[Daemon, str]) -> None:
         send = browser.js("const r = document.getElementById('send').getBoundingClientRect(); return r.height")
         assert send >= 44  # a finger-sized target
         assert browser.js("return getComputedStyle(document.getElementById('side')).display") == "none"
-        browser.driver.save_screenshot(str(DOCS / "panel-kiosk.png"))
+        browser.driver.save_screenshot(screenshot_path("panel-kiosk.png", tmp_path))
     finally:
         browser.viewport(1100, 800)
 
