@@ -11,6 +11,7 @@ stand-in on the real tokenizer (bench/shape_model.py) unless --model says otherw
     $B voice                   # voice TTFT while a 400-token answer runs vs idle
     $B session                 # a 30-turn session at n_ctx 2048: evaluated tokens and TTFT per turn
     $B memory                  # RSS with 8 live sessions; KV bytes per session
+    $B saved --turns 10        # a session back after losing its sequence: put back from RAM vs read again
     $B askers --target llama-server ; $B session --target llama-server   # the same against llama-server
                                # (bench/build_llama_server.sh builds it; --parallel 4, context shift on)
 
@@ -298,9 +299,40 @@ def cmd_memory(args: argparse.Namespace) -> None:
           f"{', '.join(str(s['turns']) for s in sess)} turns ({after - before:+.0f} MiB)")
 
 
+async def _returning(sock: str, turns: int, tokens: int, run: int) -> AskResult:
+    """Session A builds a history of ``turns`` turns, B and C take both sequences, then A asks again."""
+    a = f"A{run}"
+    for t in range(turns):
+        await bus_ask(sock, f"{a}-{t}", question(700 + t), session=a, max_tokens=tokens, think_budget=8)
+    for name in ("B", "C"):
+        await bus_ask(sock, f"{name}{run}", question(800 + run), session=f"{name}{run}", max_tokens=8, think_budget=4)
+    return await bus_ask(sock, f"{a}-back", question(900 + run), session=a, max_tokens=8, think_budget=4)
+
+
+def cmd_saved(args: argparse.Namespace) -> None:
+    """A session that lost its sequence (three sessions, two sequences) comes back: put back from RAM
+    (``[engine] saved_sessions_mib``) against read again."""
+    rows = []
+    for mib in (0, 256):
+        extra = f"[engine]\nsequences = 1\nparallel = 1\nkv_tokens = 8192\nsaved_sessions_mib = {mib}"
+        d = Edgebotd(args.model, daemon_config(argparse.Namespace(**{**vars(args), "daemon_config": extra}), 4096))
+        try:
+            got = [asyncio.run(_returning(d.sock, args.turns, args.tokens, r)) for r in range(args.runs)]
+        finally:
+            d.stop()
+        rows.append((mib, got))
+        for r in got:
+            print(f"saved_sessions_mib {mib}: prompt {r.prompt_tokens} tokens, evaluated {r.evaluated_tokens}, "
+                  f"TTFT {r.ttft * 1000:.0f} ms", flush=True)
+    print(f"\n| the returning session ({args.turns} turns of history) | prompt tokens | evaluated | TTFT |\n|---|---|---|---|")
+    for mib, got in rows:
+        print(f"| {'read again' if not mib else 'put back from RAM'} | {got[-1].prompt_tokens} | "
+              f"{med([r.evaluated_tokens for r in got]):.0f} | {med([r.ttft for r in got]) * 1000:.0f} ms |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["raw", "askers", "single", "voice", "session", "memory"])
+    ap.add_argument("what", choices=["raw", "askers", "single", "voice", "session", "memory", "saved"])
     ap.add_argument("--model", help="GGUF (default: the same-shape stand-in on the real tokenizer, made once; "
                                     "'script': the looping scripted model on the real tokenizer)")
     ap.add_argument("--target", choices=["edgebotd", "llama-server"], default="edgebotd")
@@ -335,7 +367,7 @@ def main() -> int:
 
         args.model = str(ensure_shape_model())
     {"raw": cmd_raw, "askers": cmd_askers, "single": cmd_single, "voice": cmd_voice, "session": cmd_session,
-     "memory": cmd_memory}[args.what](args)
+     "memory": cmd_memory, "saved": cmd_saved}[args.what](args)
     return 0
 
 

@@ -43,7 +43,7 @@ def llama_or_remote(config: Config) -> Backend:
         local = LlamaBackend(llm["model"], n_ctx=llm["n_ctx"], n_threads=llm["n_threads"], n_batch=llm["n_batch"],
                              use_mmap=llm["use_mmap"], use_mlock=llm["use_mlock"],
                              sequences=eng["sequences"] + eng["parallel"], kv_tokens=eng["kv_tokens"],
-                             kv_per_sequence=eng["kv_per_sequence"])
+                             kv_per_sequence=eng["kv_per_sequence"], saved_sessions_mib=eng["saved_sessions_mib"])
     if llm["backend"] != "remote":
         assert local is not None
         return local

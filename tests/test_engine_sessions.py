@@ -27,10 +27,10 @@ class Running:
     """An engine on the script model, with helpers that wait on events (never on time)."""
 
     def __init__(self, model: Path, n_ctx: int = 1024, kv_tokens: int = 0, per_sequence: bool = False,
-                 **settings: Any) -> None:
+                 sequences: int = 4, saved_mib: int = 0, **settings: Any) -> None:
         states: queue.Queue = queue.Queue()
-        self.backend = LlamaBackend(str(model), n_ctx=n_ctx, sequences=4, kv_tokens=kv_tokens,
-                                    kv_per_sequence=per_sequence)
+        self.backend = LlamaBackend(str(model), n_ctx=n_ctx, sequences=sequences, kv_tokens=kv_tokens,
+                                    kv_per_sequence=per_sequence, saved_sessions_mib=saved_mib)
         self.engine = Engine(self.backend, EngineSettings(**settings), on_state=lambda s, m: states.put(s))
         self.engine.start()
         assert states.get(timeout=30) == "loading" and states.get(timeout=30) == "ready"
@@ -138,5 +138,30 @@ def test_an_answer_whose_tokens_carry_whitespace_is_not_read_again(tmp_path: Pat
         assert end1.reason == end2.reason == "stop"
         # the end-of-turn token and the new question, as for the plain script (first prompt: same length)
         assert evaluated(end2) <= end1.stats["prompt_tokens"], (end1.stats, end2.stats)
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("per_sequence", [False, True], ids=["shared KV", "KV per sequence"])
+@pytest.mark.parametrize("saved_mib", [0, 16], ids=["re-read", "saved to RAM"])
+def test_three_sessions_on_two_sequences(script_model: Path, per_sequence: bool, saved_mib: int) -> None:
+    """More sessions than sequences: the one that lost its sequence is put back from RAM (only its new
+    question is read), or, with no RAM for it, read again from the start."""
+    r = Running(script_model, kv_tokens=2048, sequences=2, per_sequence=per_sequence, saved_mib=saved_mib)
+    try:
+        firsts = {}
+        for name in ("A", "B", "C"):  # C takes A's sequence (the least recently used)
+            text, end = r.ask(f"{name}1", f"First question from {name}?", session=f"cli:{name}")
+            assert text == ANSWER
+            firsts[name] = end.stats["prompt_tokens"]
+        text, end = r.ask("A2", "Second question from A?", session="cli:A")
+        assert text == ANSWER and end.reason == "stop"
+        kv = r.backend.kv_status()
+        if saved_mib:
+            assert kv["restored"] == 1 and kv["saved_sessions"] >= 1  # B went to RAM for A
+            assert evaluated(end) <= firsts["A"]  # the new question (and end-of-turn), not the history
+        else:
+            assert kv["restored"] == 0 and kv["saved_sessions"] == 0
+            assert evaluated(end) > firsts["A"] + len(DEFAULT_SCRIPT.answer)  # the whole history read again
     finally:
         r.close()

@@ -134,6 +134,10 @@ KEYS: tuple[Key, ...] = (
         "(sequences + parallel), as llama-server --parallel does, instead of sharing it: answers decoded together "
         "run 1.2-1.3x faster (docs/benchmarks.md), but a conversation holds at most kv_tokens / (sequences + "
         "parallel) tokens ([llm] n_ctx is lowered to that) and dropping an idle sequence frees no room."),
+    Key("engine", "saved_sessions_mib", "int", 0, "RAM for the KV sequences of sessions that lost theirs (more "
+        "sessions than sequences, or a full cache): saved when dropped, put back when the session returns, instead "
+        "of read again; 28 KiB per token of history for DeepSeek-R1-Distill-Qwen-1.5B. 0 = re-read them.",
+        "MiB", 0, 1 << 16),
     Key("engine", "parallel", "int", 1, "Answers decoded together, one token of each per llama_decode "
         "(continuous batching); 1 = one answer at a time. Backends that cannot batch (rkllm, remote) use 1.",
         "answers", 1, 16),

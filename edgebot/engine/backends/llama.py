@@ -107,12 +107,13 @@ class LlamaBackend(Backend):
 
     def __init__(self, model_path: str, *, n_ctx: int = 4096, n_threads: int = 0, n_batch: int = 256,
                  use_mmap: bool = True, use_mlock: bool = False, sequences: int = 4, kv_tokens: int = 0,
-                 kv_per_sequence: bool = False) -> None:
+                 kv_per_sequence: bool = False, saved_sessions_mib: int = 0) -> None:
         """``n_ctx``: most tokens of one conversation; ``kv_tokens``: the KV cache shared by all
         ``sequences`` (conversations kept warm), at least ``n_ctx`` (0 = ``n_ctx``).
         ``kv_per_sequence``: split the cache evenly between the sequences (llama.cpp's non-unified
         KV, as ``llama-server --parallel``): several answers decode together faster, but a
-        conversation holds at most its share (``n_ctx`` is lowered to it when larger)."""
+        conversation holds at most its share (``n_ctx`` is lowered to it when larger).
+        ``saved_sessions_mib``: RAM for the sequences of sessions that lost theirs (0 = they are re-read)."""
         self.model_path = model_path
         self.n_ctx = n_ctx
         self.n_threads = n_threads or len(os.sched_getaffinity(0))
@@ -122,6 +123,7 @@ class LlamaBackend(Backend):
         self.sequences = max(1, sequences)
         self.kv_tokens = max(n_ctx, kv_tokens)
         self.per_sequence = kv_per_sequence and self.sequences > 1
+        self.save_bytes = max(0, saved_sessions_mib) << 20
         if self.per_sequence:
             share = max(KV_PAD, self.kv_tokens // self.sequences // KV_PAD * KV_PAD)  # llama.cpp pads to 256
             if share < n_ctx:
@@ -177,7 +179,8 @@ class LlamaBackend(Backend):
             raise ModelError(f"model file {self.model_path} could not be loaded by llama.cpp ({exc}); "
                              f"it may be truncated, corrupt or of an unsupported architecture. {GET_MODEL}") from None
         self._llm, self._ctx = model, ctx
-        self.pool = SeqPool(ctx, self.sequences, self.kv_tokens, per_sequence=self.per_sequence)
+        self.pool = SeqPool(ctx, self.sequences, self.kv_tokens, per_sequence=self.per_sequence,
+                            save_bytes=self.save_bytes)
         self.batcher = Batcher(ctx, model, self.pool, cparams.n_batch, self.n_ctx)
         wanted = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
         for tok in range(model.n_vocab()):
@@ -220,7 +223,8 @@ class LlamaBackend(Backend):
             return {}
         return {"cells": pool.cells * (len(pool.seqs) if pool.per_sequence else 1), "used": sum(len(s.tokens) for s in pool.seqs), "sequences": pool.snapshot(),
                 "evictions": pool.evictions, "shifted_tokens": pool.shifted,
-                "layout": "per-sequence" if pool.per_sequence else "shared"}
+                "layout": "per-sequence" if pool.per_sequence else "shared", "saved_sessions": len(pool.saved),
+                "saved_bytes": pool.saved_size(), "restored": pool.restored}
 
     # -- prompts -----------------------------------------------------------------------------
 

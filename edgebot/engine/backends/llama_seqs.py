@@ -8,6 +8,11 @@ comes back. Every sequence's tokens sit at positions ``0 … len - 1``: removing
 that no longer fit, or the thinking of the last answer) shifts what follows down with
 ``llama_memory_seq_add``, as llama-server's context shift does, so nothing is re-read.
 
+With ``[engine] saved_sessions_mib`` a session's sequence is saved to RAM
+(``llama_state_seq_get_data``) when it is dropped or handed to another conversation, and put back
+(``llama_state_seq_set_data``) when the session returns, instead of being read again; the least
+recently saved go first when the budget is full.
+
 With ``[engine] kv_per_sequence`` the cache is split evenly instead (llama.cpp's non-unified KV,
 one stream per sequence, as ``llama-server --parallel``): each sequence has ``cells`` of its own,
 so dropping another sequence never makes room, and a conversation is trimmed to fit its share.
@@ -17,8 +22,10 @@ Runs only on the engine thread.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
+from collections import OrderedDict
 from typing import Any, Optional
 
 log = logging.getLogger(__name__)
@@ -47,8 +54,9 @@ class Seq:
 class SeqPool:
     """The sequences of one llama.cpp context and the cells they use."""
 
-    def __init__(self, ctx: Any, n_seq: int, cells: int, per_sequence: bool = False) -> None:
-        """``cells``: tokens the KV cache holds in all (shared), or each sequence's share (``per_sequence``)."""
+    def __init__(self, ctx: Any, n_seq: int, cells: int, per_sequence: bool = False, save_bytes: int = 0) -> None:
+        """``cells``: tokens the KV cache holds in all (shared), or each sequence's share (``per_sequence``);
+        ``save_bytes``: RAM for sessions' saved sequences (0 = none are saved)."""
         import llama_cpp
 
         self._ll = llama_cpp
@@ -58,6 +66,9 @@ class SeqPool:
         self.per_sequence = per_sequence
         self.cells = cells // n_seq if per_sequence else cells
         self.evictions = 0  # sequences dropped for room (status)
+        self.save_bytes = save_bytes
+        self.saved: OrderedDict[str, tuple[bytes, list[int]]] = OrderedDict()  # session -> (state, tokens)
+        self.restored = 0  # sessions put back from RAM instead of read again
         self.shifted = 0  # tokens removed from the middle of a sequence by shifting
 
     # -- bookkeeping ---------------------------------------------------------------------------
@@ -72,6 +83,7 @@ class SeqPool:
 
     def forget(self, key: str) -> None:
         """A session ended: its sequence is free."""
+        self.saved.pop(key, None)
         for seq in self.seqs:
             if seq.key == key and not seq.busy:
                 self.clear(seq)
@@ -83,26 +95,37 @@ class SeqPool:
     # -- choosing a sequence -------------------------------------------------------------------
 
     def acquire(self, key: Optional[str], tokens: list[int]) -> Seq:
-        """The sequence to continue ``tokens`` in, marked busy: the session's own, else the idle
-        anonymous one sharing the longest prefix, else an empty one, else the least recently used."""
+        """The sequence to continue ``tokens`` in, marked busy: the session's own; else its saved one
+        put back into an empty (or the least recently used) sequence; else the idle anonymous one
+        sharing the longest prefix; else an empty one; else the least recently used."""
         idle = [s for s in self.seqs if not s.busy]
         if not idle:
             raise RuntimeError("every KV sequence is busy; lower [engine] parallel or raise [engine] sequences")
         seq = next((s for s in idle if key is not None and s.key == key), None)
+        if seq is None and key is not None and key in self.saved:
+            seq = self._vacate(idle, key)
+            self.make_room(len(self.saved[key][1]), seq)  # a shared cache: room for it first
+            self._restore(seq, key)
         if seq is None:
             anonymous = [s for s in idle if s.key is None and s.tokens]
             best = max(anonymous, key=lambda s: common_prefix(s.tokens, tokens), default=None)
             if best is not None and common_prefix(best.tokens, tokens) > 1:
                 seq = best
             else:
-                empty = [s for s in idle if not s.tokens]
-                seq = empty[0] if empty else min(idle, key=lambda s: (s.key is not None, s.last_used))
-                if seq.tokens:
-                    log.debug("KV sequence %d (%s, %d tokens) reused for %s", seq.id, seq.key or "anonymous",
-                              len(seq.tokens), key or "a one-off prompt")
-                    self.clear(seq)
-                    self.evictions += 1
+                seq = self._vacate(idle, key)
         seq.key, seq.busy, seq.last_used = key, True, time.monotonic()
+        return seq
+
+    def _vacate(self, idle: list[Seq], key: Optional[str]) -> Seq:
+        """An empty idle sequence, else the least recently used one (anonymous first), cleared (and saved)."""
+        empty = [s for s in idle if not s.tokens]
+        seq = empty[0] if empty else min(idle, key=lambda s: (s.key is not None, s.last_used))
+        if seq.tokens:
+            log.debug("KV sequence %d (%s, %d tokens) reused for %s", seq.id, seq.key or "anonymous",
+                      len(seq.tokens), key or "a one-off prompt")
+            self._save(seq)
+            self.clear(seq)
+            self.evictions += 1
         return seq
 
     def release(self, seq: Seq) -> None:
@@ -117,8 +140,9 @@ class SeqPool:
         if not victims:
             return False
         victim = min(victims, key=lambda s: (s.key is not None, s.last_used))
-        log.info("KV cache full: dropped the sequence of %s (%d tokens); it is re-read if it comes back",
-                 victim.key or "an anonymous prompt", len(victim.tokens))
+        saved = self._save(victim)
+        log.info("KV cache full: dropped the sequence of %s (%d tokens); %s", victim.key or "an anonymous prompt",
+                 len(victim.tokens), "saved to RAM" if saved else "it is re-read if it comes back")
         self.clear(victim)
         self.evictions += 1
         return True
@@ -130,6 +154,43 @@ class SeqPool:
         while self.used() + need > self.cells and self.evict_one(keep):
             pass
         return self.used() + need <= self.cells
+
+    # -- saving sessions to RAM ---------------------------------------------------------------
+
+    def saved_size(self) -> int:
+        """Bytes of RAM the saved sequences take."""
+        return sum(len(state) for state, _ in self.saved.values())
+
+    def _save(self, seq: Seq) -> bool:
+        """Keep a session's sequence in RAM before it is cleared; False when not saved."""
+        if not self.save_bytes or seq.key is None or not seq.tokens:
+            return False
+        size = int(self._ll.llama_state_seq_get_size(self.ctx.ctx, seq.id))
+        if not size or size > self.save_bytes:
+            return False
+        buf = (ctypes.c_uint8 * size)()
+        if self._ll.llama_state_seq_get_data(self.ctx.ctx, buf, size, seq.id) != size:
+            return False
+        self.saved.pop(seq.key, None)
+        self.saved[seq.key] = (bytes(buf), list(seq.tokens))
+        while self.saved_size() > self.save_bytes:
+            gone, _ = self.saved.popitem(last=False)
+            log.debug("saved sequence of %s dropped from RAM (budget %d bytes)", gone, self.save_bytes)
+        log.debug("KV sequence %d of %s saved to RAM (%d tokens, %d bytes)", seq.id, seq.key, len(seq.tokens), size)
+        return True
+
+    def _restore(self, seq: Seq, key: str) -> bool:
+        """Put ``key``'s saved sequence into the empty ``seq``; False (nothing restored) when it fails."""
+        state, tokens = self.saved.pop(key)
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if not self._ll.llama_state_seq_set_data(self.ctx.ctx, buf, len(state), seq.id):
+            self.clear(seq)  # no room for it: the conversation is read again
+            log.info("the saved sequence of %s could not be put back (no room); it is re-read", key)
+            return False
+        seq.tokens = tokens
+        self.restored += 1
+        log.debug("KV sequence %d: %s put back from RAM (%d tokens)", seq.id, key, len(tokens))
+        return True
 
     # -- editing a sequence --------------------------------------------------------------------
 
