@@ -73,13 +73,7 @@ class Batching:
             for job in admitted:
                 self._start(job)
             if rebase is not None:
-                try:
-                    e._prefill_history(rebase)
-                except Exception:  # noqa: BLE001 - a failed re-base only costs speed
-                    log.exception("re-basing the cache on session %s failed", rebase)
-                finally:
-                    with e._cond:
-                        e._rebasing = False
+                e._rebase_idle(rebase)
                 continue
             self._step()
 

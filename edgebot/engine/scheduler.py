@@ -192,13 +192,7 @@ class Engine:
             for name in gone:  # expired sessions: their KV sequences are free
                 self.backend.forget(name)
             if job is None:
-                try:
-                    self._prefill_history(rebase)
-                except Exception:  # noqa: BLE001 - a failed re-base only costs speed
-                    log.exception("re-basing the cache on session %s failed", rebase)
-                finally:
-                    with self._cond:
-                        self._rebasing = False
+                self._rebase_idle(rebase)
                 continue
             try:
                 self._answer(job)
@@ -208,6 +202,16 @@ class Engine:
             finally:
                 with self._cond:
                     self._running = []
+
+    def _rebase_idle(self, name: Optional[str]) -> None:
+        """Run the idle re-base of ``name``'s sequence (both worker loops); a failure only costs speed."""
+        try:
+            self._prefill_history(name)
+        except Exception:  # noqa: BLE001 - a failed re-base only costs speed
+            log.exception("re-basing the cache on session %s failed", name)
+        finally:
+            with self._cond:
+                self._rebasing = False
 
     def _prefill_history(self, name: Optional[str]) -> None:
         """Re-base the session's KV sequence on its canonical history while idle (the answer without
