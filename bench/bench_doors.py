@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
@@ -34,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from edgebot.testing.broker import Mosquitto, free_port  # noqa: E402
 from edgebot.testing.script_model import write_script_model  # noqa: E402
+from engine_clients import JsonLineBus  # noqa: E402
 
 BIN = Path(sys.executable).parent
 QUESTION = "Question {n}: what is 2+2?"
@@ -45,17 +45,7 @@ def start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
 
 
-class Bus:
-    async def open(self, path: str) -> "Bus":
-        self.r, self.w = await asyncio.open_unix_connection(path, limit=1 << 22)
-        await self.send("hello", client="bench")
-        await self.r.readline()
-        return self
-
-    async def send(self, type_: str, **data: Any) -> None:
-        self.w.write((json.dumps({"type": type_, "data": data}) + "\n").encode())
-        await self.w.drain()
-
+class Bus(JsonLineBus):
     async def ask(self, id_: str, text: str) -> tuple[float, float]:
         """(ms to the first answer delta, ms to answer-end)."""
         t0 = time.perf_counter()

@@ -25,12 +25,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from engine_clients import JsonLineBus  # noqa: E402
 BIN = Path(sys.executable).parent
 THREADS = 1
 QUESTION = ("Question {n}: a classroom robot is asked to explain, in two short sentences, why the sky "
@@ -74,17 +74,7 @@ class Edgebotd:
         self.proc.wait(30)
 
 
-class Bus:
-    async def open(self, path: str) -> "Bus":
-        self.r, self.w = await asyncio.open_unix_connection(path, limit=1 << 22)
-        await self.send("hello", client="bench")
-        await self.r.readline()
-        return self
-
-    async def send(self, type_: str, **data: Any) -> None:
-        self.w.write((json.dumps({"type": type_, "data": data}) + "\n").encode())
-        await self.w.drain()
-
+class Bus(JsonLineBus):
     async def ask(self, id_: str, text: str, max_tokens: int) -> tuple[float, list[float], int]:
         """(send time, delta arrival times, completion_tokens)."""
         t0 = time.perf_counter()
