@@ -12,7 +12,7 @@ from typing import Any, Iterator, Optional
 import pytest
 
 from edgebot.testing.script_model import DEFAULT_SCRIPT, write_script_model
-from edgebot.testing.serial_board import PtyBoard
+from edgebot.testing.serial_board import BoardError, PtyBoard
 
 from conftest import BIN, Daemon, stop_process
 
@@ -272,10 +272,22 @@ def test_bus_loss_answers_busy_then_recovers(tmp_path: Path, script_model: Path,
         r.watch = second.connect()
         r.watch.send("subscribe", types=["serial-port"])
         r.watch.expect("ack")
-        r.watch.send("status")
-        if r.watch.expect("status-report")["data"]["clients"] < 2:  # the bridge has not reconnected yet
-            r.port_state("ready")  # it reports its port as soon as it is back
-        assert board.ask(3, "What is 2+2?") == (ANSWER, "stop")
+        # The bridge reports its port ("ready") once it is back on the bus; it may have done so before the
+        # watcher subscribed, or have connected without being back yet (the hub counts it as a client
+        # first). So: ask; while the bridge still says edgebotd is not reachable, wait (up to 2 s) for its
+        # report and ask again with the next id, as a board would.
+        ident = 3
+        while True:
+            try:
+                assert board.ask(ident, "What is 2+2?") == (ANSWER, "stop")
+                break
+            except BoardError as exc:
+                assert "not reachable" in str(exc) and ident < 20, exc
+            ident += 1
+            try:
+                r.port_state("ready", timeout=2.0)
+            except TimeoutError:
+                pass
     finally:
         r.bridge.stop()
         second.stop()
