@@ -167,3 +167,22 @@ def test_three_sessions_on_two_sequences(script_model: Path, per_sequence: bool,
             assert evaluated(end) > firsts["A"] + len(DEFAULT_SCRIPT.answer)  # the whole history read again
     finally:
         r.close()
+
+
+def test_a_saved_session_comes_back_when_the_budget_holds_only_one(script_model: Path) -> None:
+    """RAM for one saved sequence: putting A back saves the sequence it takes (B's), which alone fills the
+    budget; A still comes back (its copy is taken out before), and B's copy is what stays."""
+    r = Running(script_model, kv_tokens=2048, sequences=2, saved_mib=1)
+    try:
+        for name in ("A", "B", "C"):
+            assert r.ask(f"{name}1", f"First question from {name}?", session=f"cli:{name}")[0] == ANSWER
+        pool = r.backend.pool
+        one = len(pool.saved["cli:A"][0])
+        pool.save_bytes = one + one // 4  # room for one saved sequence, not two (B's is as large as A's)
+        text, end = r.ask("A2", "Second question from A?", session="cli:A")
+        assert text == ANSWER and end.reason == "stop"
+        kv = r.backend.kv_status()
+        assert kv["restored"] == 1 and kv["saved_sessions"] == 1
+        assert list(r.backend.pool.saved) == ["cli:B"]
+    finally:
+        r.close()

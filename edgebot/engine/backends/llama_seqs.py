@@ -103,9 +103,10 @@ class SeqPool:
             raise RuntimeError("every KV sequence is busy; lower [engine] parallel or raise [engine] sequences")
         seq = next((s for s in idle if key is not None and s.key == key), None)
         if seq is None and key is not None and key in self.saved:
+            saved = self.saved.pop(key)  # first: saving the sequence it replaces may fill the budget
             seq = self._vacate(idle, key)
-            self.make_room(len(self.saved[key][1]), seq)  # a shared cache: room for it first
-            self._restore(seq, key)
+            self.make_room(len(saved[1]), seq)  # a shared cache: room for it first
+            self._restore(seq, key, saved)
         if seq is None:
             anonymous = [s for s in idle if s.key is None and s.tokens]
             best = max(anonymous, key=lambda s: common_prefix(s.tokens, tokens), default=None)
@@ -179,9 +180,9 @@ class SeqPool:
         log.debug("KV sequence %d of %s saved to RAM (%d tokens, %d bytes)", seq.id, seq.key, len(seq.tokens), size)
         return True
 
-    def _restore(self, seq: Seq, key: str) -> bool:
-        """Put ``key``'s saved sequence into the empty ``seq``; False (nothing restored) when it fails."""
-        state, tokens = self.saved.pop(key)
+    def _restore(self, seq: Seq, key: str, saved: tuple[bytes, list[int]]) -> bool:
+        """Put ``key``'s ``saved`` sequence into the empty ``seq``; False (nothing restored) when it fails."""
+        state, tokens = saved
         buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
         if not self._ll.llama_state_seq_set_data(self.ctx.ctx, buf, len(state), seq.id):
             self.clear(seq)  # no room for it: the conversation is read again
