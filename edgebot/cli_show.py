@@ -19,6 +19,12 @@ def print_status(report: dict[str, Any]) -> None:
              f"clients:  {report.get('clients', 0)}",
              f"speed:    {report.get('last_tokens_per_s') or '-'} tokens/s (last answer)",
              f"memory:   {(report.get('memory') or {}).get('rss_mb')} MiB resident"]
+    kv = report.get("kv") or {}
+    if kv:
+        saved = (f", {kv.get('saved_sessions')} saved to RAM ({(kv.get('saved_bytes') or 0) / 2**20:.1f} MiB), "
+                 f"{kv.get('restored')} put back" if kv.get("saved_sessions") or kv.get("restored") else "")
+        lines.append(f"kv cache: {kv.get('used')}/{kv.get('cells')} tokens ({kv.get('layout')}), "
+                     f"{len(kv.get('sequences') or [])} sequences in use, {kv.get('evictions')} dropped{saved}")
     if isinstance(report.get("temperature_c"), (int, float)):
         lines.append(f"temp:     {report['temperature_c']:.1f} °C")
     for s in report.get("sessions") or []:

@@ -271,6 +271,7 @@ class Dispatcher:
         return m.StatusReport(server_version=edgebot.__version__, model=st["model"], state=st["state"],
                               queue={**st["queue"], "submitted": self.asks.submitted}, sessions=st["sessions"],
                               last_tokens_per_s=st["last_tokens_per_s"], load_progress=st.get("load_progress"),
+                              kv=st.get("kv") or {},
                               memory={"rss_mb": read_rss_mb()}, temperature_c=read_temperature_c(),
                               clients=len(self.hub.connections) if self.hub else 0, error=st["error"],
                               voice_latency=self.voice_latency, speaking=self.speaking.snapshot(),

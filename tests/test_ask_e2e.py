@@ -212,3 +212,19 @@ def test_every_ask_is_logged_when_it_starts_and_ends(daemon_factory, script_mode
     assert re.search(r"ask logged-2 cancelled: its client \S+ disconnected", log) or \
         re.search(r"ask logged-2 ended stop: source cli", log), log[-2000:]
     assert re.search(r"ask logged-2 ended cancelled", log)
+
+
+def test_status_shows_the_kv_cache_sessions_put_back_from_ram(daemon_factory, script_model: Path) -> None:
+    """Three sessions on two sequences with RAM for saved ones: status (JSON and text) tells the layout,
+    the use, the drop and the session put back."""
+    d = daemon_factory(script_model, config="[engine]\nsequences = 1\nparallel = 1\nkv_tokens = 8192\n"
+                                           "saved_sessions_mib = 16\n")
+    for name in ("A", "B", "C", "A"):
+        r = d.cli("ask", "--session", name, f"A question from {name}?")
+        assert r.returncode == 0, r.stderr
+    kv = json.loads(d.cli("status", "--json").stdout)["data"]["kv"]
+    assert kv["layout"] == "shared" and kv["cells"] == 8192 and 0 < kv["used"] <= 8192
+    assert kv["restored"] == 1 and kv["saved_sessions"] >= 1 and kv["saved_bytes"] > 0 and kv["evictions"] >= 2
+    assert {s["session"] for s in kv["sequences"]} <= {"cli:A", "cli:B", "cli:C"}
+    text = d.cli("status").stdout
+    assert "kv cache: " in text and "(shared)" in text and "1 put back" in text, text

@@ -256,6 +256,10 @@ class StatusReport(Message):
     devices: dict[str, Any] = field(default_factory=dict)
     """The bridges' devices as they last reported them: ``{"speech-out": {state, device, message}, ...}``
     from ``audio-device``; the key is the bridge (speech-in, speech-out); only connected bridges."""
+    kv: dict[str, Any] = field(default_factory=dict)
+    """The llama.cpp KV cache once loaded: ``{layout (shared|per-sequence), cells, used (tokens),
+    sequences: [{seq, session, tokens, busy}], evictions, shifted_tokens, saved_sessions, saved_bytes,
+    restored}``; empty for other backends."""
 
 
 @dataclass

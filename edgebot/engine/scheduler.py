@@ -129,7 +129,8 @@ class Engine:
                               "idle": not self._queue and not self._running and self._rebase is None
                               and not self._rebasing},
                     "sessions": self.sessions.snapshot(), "last_tokens_per_s": self.last_tokens_per_s,
-                    "load_progress": self.backend.load_progress if self.state == "loading" else None}
+                    "load_progress": self.backend.load_progress if self.state == "loading" else None,
+                    "kv": self.backend.kv_status() if self.state == "ready" else {}}
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Refuse new jobs, cancel everything (queued and running jobs end ``cancelled``), stop the thread."""

@@ -221,10 +221,11 @@ class LlamaBackend(Backend):
         pool = self.pool
         if pool is None:
             return {}
-        return {"cells": pool.cells * (len(pool.seqs) if pool.per_sequence else 1), "used": sum(len(s.tokens) for s in pool.seqs), "sequences": pool.snapshot(),
-                "evictions": pool.evictions, "shifted_tokens": pool.shifted,
-                "layout": "per-sequence" if pool.per_sequence else "shared", "saved_sessions": len(pool.saved),
-                "saved_bytes": pool.saved_size(), "restored": pool.restored}
+        return {"layout": "per-sequence" if pool.per_sequence else "shared",
+                "cells": pool.cells * (len(pool.seqs) if pool.per_sequence else 1),
+                "used": sum(len(s.tokens) for s in pool.seqs), "sequences": pool.snapshot(),
+                "evictions": pool.evictions, "shifted_tokens": pool.shifted, "saved_sessions": len(pool.saved),
+                "saved_bytes": pool.saved_bytes, "restored": pool.restored}
 
     # -- prompts -----------------------------------------------------------------------------
 

@@ -68,6 +68,7 @@ class SeqPool:
         self.evictions = 0  # sequences dropped for room (status)
         self.save_bytes = save_bytes
         self.saved: OrderedDict[str, tuple[bytes, list[int]]] = OrderedDict()  # session -> (state, tokens)
+        self.saved_bytes = 0  # RAM the saved sequences take (kept up to date: status reads it from another thread)
         self.restored = 0  # sessions put back from RAM instead of read again
         self.shifted = 0  # tokens removed from the middle of a sequence by shifting
 
@@ -83,7 +84,7 @@ class SeqPool:
 
     def forget(self, key: str) -> None:
         """A session ended: its sequence is free."""
-        self.saved.pop(key, None)
+        self._unsave(key)
         for seq in self.seqs:
             if seq.key == key and not seq.busy:
                 self.clear(seq)
@@ -103,7 +104,8 @@ class SeqPool:
             raise RuntimeError("every KV sequence is busy; lower [engine] parallel or raise [engine] sequences")
         seq = next((s for s in idle if key is not None and s.key == key), None)
         if seq is None and key is not None and key in self.saved:
-            saved = self.saved.pop(key)  # first: saving the sequence it replaces may fill the budget
+            saved = self._unsave(key)  # first: saving the sequence it replaces may fill the budget
+            assert saved is not None
             seq = self._vacate(idle, key)
             self.make_room(len(saved[1]), seq)  # a shared cache: room for it first
             self._restore(seq, key, saved)
@@ -158,9 +160,12 @@ class SeqPool:
 
     # -- saving sessions to RAM ---------------------------------------------------------------
 
-    def saved_size(self) -> int:
-        """Bytes of RAM the saved sequences take."""
-        return sum(len(state) for state, _ in self.saved.values())
+    def _unsave(self, key: str) -> Optional[tuple[bytes, list[int]]]:
+        """Take ``key``'s saved sequence out of RAM (None if there is none)."""
+        item = self.saved.pop(key, None)
+        if item is not None:
+            self.saved_bytes -= len(item[0])
+        return item
 
     def _save(self, seq: Seq) -> bool:
         """Keep a session's sequence in RAM before it is cleared; False when not saved."""
@@ -172,10 +177,12 @@ class SeqPool:
         buf = (ctypes.c_uint8 * size)()
         if self._ll.llama_state_seq_get_data(self.ctx.ctx, buf, size, seq.id) != size:
             return False
-        self.saved.pop(seq.key, None)
+        self._unsave(seq.key)
         self.saved[seq.key] = (bytes(buf), list(seq.tokens))
-        while self.saved_size() > self.save_bytes:
-            gone, _ = self.saved.popitem(last=False)
+        self.saved_bytes += size
+        while self.saved_bytes > self.save_bytes:
+            gone = next(iter(self.saved))
+            self._unsave(gone)
             log.debug("saved sequence of %s dropped from RAM (budget %d bytes)", gone, self.save_bytes)
         log.debug("KV sequence %d of %s saved to RAM (%d tokens, %d bytes)", seq.id, seq.key, len(seq.tokens), size)
         return True
