@@ -36,7 +36,7 @@ class _Seen(logging.Handler):
 def test_load_progress_reaches_the_log_and_the_status(script_model: Path) -> None:
     box: list[Engine] = []
     seen = _Seen(box)
-    log = logging.getLogger("edgebot.engine.backends.llama")
+    log = logging.getLogger("edgebot.engine.backends.llama_load")
     log.addHandler(seen)
     old_level = log.level
     log.setLevel(logging.INFO)

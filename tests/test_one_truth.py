@@ -11,7 +11,7 @@ import pytest
 from edgebot.bridges.voice import recognizer
 from edgebot.config.schema import GET_MODEL
 from edgebot.engine.backend import ModelError
-from edgebot.engine.backends.llama import check_model_file
+from edgebot.engine.backends.llama_load import check_model_file
 from edgebot.gguf_info import GGUFError, read_gguf
 
 REPO = Path(__file__).resolve().parent.parent
